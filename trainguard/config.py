@@ -1,0 +1,359 @@
+"""The config file: one YAML document, validated strictly, resolved once.
+
+Why strict: a typo such as ``ouput_dir`` silently ignored would make trainguard watch
+nothing, and the user finds out only when the run they trusted it with dies.  So unknown
+keys are errors, and every error names the file, the key path and what was expected.
+
+Why resolve paths here: seed 003 is a monitor that resolved ``outputs/my-lora`` against
+the directory it happened to be started from.  Every relative path in the file is
+resolved against the config file's own folder, once, and everything downstream sees
+absolute paths only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9_.-]+$")
+DEFAULT_EXPORTER_LISTEN = "127.0.0.1:9842"
+DEFAULT_REMEDIATOR_LISTEN = "127.0.0.1:9843"
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A config problem, already phrased for a person: ``file: key.path: what was expected``."""
+
+    def __init__(self, file: str | Path, keypath: str, message: str) -> None:
+        self.file = str(file)
+        self.keypath = keypath
+        self.message = message
+        where = f"{self.file}: {keypath}: " if keypath else f"{self.file}: "
+        super().__init__(where + message)
+
+
+@dataclass(frozen=True)
+class Listen:
+    """A ``HOST:PORT`` address (``[::1]:9842`` for IPv6)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(text: str) -> Listen:
+    """Parse ``HOST:PORT``; raise ValueError with a readable reason."""
+    if not isinstance(text, str) or not text:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:9842")
+    if text.startswith("["):
+        host, sep, port_s = text[1:].partition("]:")
+    else:
+        host, sep, port_s = text.rpartition(":")
+    if not sep or not host or not port_s.isdigit():
+        raise ValueError(f"expected HOST:PORT, e.g. 127.0.0.1:9842, got {text!r}")
+    port = int(port_s)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 0..65535")
+    return Listen(host, port)
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How to (re)start a job.  Exactly one of ``script`` and ``command`` is set."""
+
+    workdir: Path
+    script: Path | None = None
+    command: tuple[str, ...] | None = None
+    resume_flag: str = "--resume"
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """One training run that trainguard watches and may resume."""
+
+    name: str
+    output_dir: Path
+    launch: LaunchConfig | None = None
+    log_file: Path | None = None
+    startup_grace_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    listen: Listen = field(default_factory=lambda: parse_listen(DEFAULT_EXPORTER_LISTEN))
+    # How often the checkpoint collector may re-stat an output folder (seconds); a
+    # scrape in between is served from the cache.
+    checkpoint_rescan_seconds: float = 5.0
+    # A save younger than this, with no RNG file yet, counts as "writing".
+    writing_fresh_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class RestartBudget:
+    max_restarts: int = 3
+    window_seconds: float = 6 * 3600.0
+    backoff_seconds: float = 60.0  # doubled after each remediation inside the window
+
+
+@dataclass(frozen=True)
+class RemediatorConfig:
+    listen: Listen = field(default_factory=lambda: parse_listen(DEFAULT_REMEDIATOR_LISTEN))
+    token_file: Path | None = None
+    state_path: Path | None = None  # SQLite file; default: beside the config file
+    dry_run: bool = False
+    restart_from_scratch: bool = True  # no usable checkpoint: start over (else give up)
+    kill_grace_seconds: float = 30.0
+    gpu_release_timeout_seconds: float = 60.0
+    verify_alive_seconds: float = 10.0
+    saving_wait_seconds: float = 900.0
+    max_body_bytes: int = 1 << 20
+    budget: RestartBudget = field(default_factory=RestartBudget)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    jobs: tuple[JobConfig, ...]
+    exporter: ExporterConfig
+    remediator: RemediatorConfig
+
+    def job(self, name: str) -> JobConfig | None:
+        """The configured job with this exact name, or None."""
+        for job in self.jobs:
+            if job.name == name:
+                return job
+        return None
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _Reader:
+    """Walks the YAML tree, keeping the key path for error messages."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.base = file.parent
+
+    def fail(self, keypath: str, message: str) -> ConfigError:
+        return ConfigError(self.file, keypath, message)
+
+    def mapping(self, value: Any, keypath: str, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(keypath, f"expected a mapping, got {_kind(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                raise self.fail(keypath, f"keys must be strings, got {key!r}")
+            if key not in allowed:
+                raise self.fail(
+                    _join(keypath, key),
+                    f"unknown key; expected one of: {', '.join(sorted(allowed))}",
+                )
+        return value
+
+    def typed(self, value: Any, keypath: str, kind: type[T], what: str) -> T:
+        # bool is an int in Python; a YAML `yes` where a number belongs is a mistake.
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise self.fail(keypath, f"expected {what}, got {_kind(value)}")
+        return value
+
+    def string(self, value: Any, keypath: str) -> str:
+        text = self.typed(value, keypath, str, "a string")
+        if not text:
+            raise self.fail(keypath, "expected a non-empty string")
+        return text
+
+    def number(self, value: Any, keypath: str, minimum: float = 0.0) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(keypath, f"expected a number, got {_kind(value)}")
+        if value < minimum:
+            raise self.fail(keypath, f"expected a number >= {minimum:g}, got {value}")
+        return float(value)
+
+    def integer(self, value: Any, keypath: str, minimum: int = 0) -> int:
+        number = self.typed(value, keypath, int, "an integer")
+        if number < minimum:
+            raise self.fail(keypath, f"expected an integer >= {minimum}, got {number}")
+        return number
+
+    def path(self, value: Any, keypath: str) -> Path:
+        text = self.string(value, keypath)
+        p = Path(text).expanduser()
+        return (p if p.is_absolute() else self.base / p).resolve()
+
+    def listen(self, value: Any, keypath: str) -> Listen:
+        try:
+            return parse_listen(self.string(value, keypath))
+        except ValueError as exc:
+            raise self.fail(keypath, str(exc)) from None
+
+    def opt(self, data: dict[str, Any], key: str, keypath: str,
+            conv: Callable[[Any, str], T], default: T) -> T:
+        if key not in data or data[key] is None:
+            return default
+        return conv(data[key], _join(keypath, key))
+
+
+def _join(keypath: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{keypath}[{key}]"
+    return f"{keypath}.{key}" if keypath else key
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _launch(r: _Reader, data: Any, kp: str) -> LaunchConfig:
+    d = r.mapping(data, kp, {"script", "command", "workdir", "resume_flag", "env"})
+    script = r.opt(d, "script", kp, r.path, None)
+    command: tuple[str, ...] | None = None
+    if d.get("command") is not None:
+        raw = d["command"]
+        if not isinstance(raw, list) or not raw:
+            raise r.fail(_join(kp, "command"), "expected a non-empty list of strings")
+        command = tuple(r.string(x, _join(_join(kp, "command"), i)) for i, x in enumerate(raw))
+    if (script is None) == (command is None):
+        raise r.fail(kp, "expected exactly one of 'script' or 'command'")
+    workdir = r.opt(d, "workdir", kp, r.path, None)
+    if workdir is None:
+        workdir = script.parent if script is not None else r.base
+    resume_flag = r.opt(d, "resume_flag", kp, r.string, "--resume")
+    if not resume_flag.startswith("-") or any(c.isspace() for c in resume_flag):
+        raise r.fail(_join(kp, "resume_flag"), f"expected a flag such as --resume, got {resume_flag!r}")
+    env: dict[str, str] = {}
+    if d.get("env") is not None:
+        ekp = _join(kp, "env")
+        raw_env = r.typed(d["env"], ekp, dict, "a mapping of NAME: value")
+        for k, v in raw_env.items():
+            if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+                raise r.fail(ekp, f"expected environment variable names, got {k!r}")
+            if isinstance(v, bool) or not isinstance(v, str | int | float):
+                raise r.fail(_join(ekp, k), f"expected a string, got {_kind(v)}")
+            env[k] = str(v)
+    return LaunchConfig(workdir=workdir, script=script, command=command,
+                        resume_flag=resume_flag, env=env)
+
+
+def _job(r: _Reader, data: Any, kp: str) -> JobConfig:
+    d = r.mapping(data, kp, {"name", "output_dir", "launch", "log_file", "startup_grace_seconds"})
+    for required in ("name", "output_dir"):
+        if d.get(required) is None:
+            raise r.fail(_join(kp, required), "required key is missing")
+    name = r.string(d["name"], _join(kp, "name"))
+    if not JOB_NAME_RE.match(name):
+        raise r.fail(_join(kp, "name"), f"expected letters, digits, '_', '.', '-' only, got {name!r}")
+    launch = None if d.get("launch") is None else _launch(r, d["launch"], _join(kp, "launch"))
+    return JobConfig(
+        name=name,
+        output_dir=r.path(d["output_dir"], _join(kp, "output_dir")),
+        launch=launch,
+        log_file=r.opt(d, "log_file", kp, r.path, None),
+        startup_grace_seconds=r.opt(d, "startup_grace_seconds", kp, r.number, 600.0),
+    )
+
+
+def _exporter(r: _Reader, data: Any, kp: str) -> ExporterConfig:
+    d = r.mapping(data, kp, {"listen", "checkpoint_rescan_seconds", "writing_fresh_seconds"})
+    dflt = ExporterConfig()
+    return ExporterConfig(
+        listen=r.opt(d, "listen", kp, r.listen, dflt.listen),
+        checkpoint_rescan_seconds=r.opt(d, "checkpoint_rescan_seconds", kp, r.number,
+                                        dflt.checkpoint_rescan_seconds),
+        writing_fresh_seconds=r.opt(d, "writing_fresh_seconds", kp, r.number,
+                                    dflt.writing_fresh_seconds),
+    )
+
+
+def _budget(r: _Reader, data: Any, kp: str) -> RestartBudget:
+    d = r.mapping(data, kp, {"max_restarts", "window_seconds", "backoff_seconds"})
+    dflt = RestartBudget()
+    return RestartBudget(
+        max_restarts=r.opt(d, "max_restarts", kp, r.integer, dflt.max_restarts),
+        window_seconds=r.opt(d, "window_seconds", kp, r.number, dflt.window_seconds),
+        backoff_seconds=r.opt(d, "backoff_seconds", kp, r.number, dflt.backoff_seconds),
+    )
+
+
+def _remediator(r: _Reader, data: Any, kp: str) -> RemediatorConfig:
+    keys = {"listen", "token_file", "state_path", "dry_run", "restart_from_scratch",
+            "kill_grace_seconds", "gpu_release_timeout_seconds", "verify_alive_seconds",
+            "saving_wait_seconds", "max_body_bytes", "restart_budget"}
+    d = r.mapping(data, kp, keys)
+    dflt = RemediatorConfig()
+
+    def boolean(v: Any, k: str) -> bool:
+        return r.typed(v, k, bool, "true or false")
+
+    return RemediatorConfig(
+        listen=r.opt(d, "listen", kp, r.listen, dflt.listen),
+        token_file=r.opt(d, "token_file", kp, r.path, None),
+        state_path=r.opt(d, "state_path", kp, r.path, r.base / "trainguard-state.sqlite3"),
+        dry_run=r.opt(d, "dry_run", kp, boolean, False),
+        restart_from_scratch=r.opt(d, "restart_from_scratch", kp, boolean, True),
+        kill_grace_seconds=r.opt(d, "kill_grace_seconds", kp, r.number, dflt.kill_grace_seconds),
+        gpu_release_timeout_seconds=r.opt(d, "gpu_release_timeout_seconds", kp, r.number,
+                                          dflt.gpu_release_timeout_seconds),
+        verify_alive_seconds=r.opt(d, "verify_alive_seconds", kp, r.number,
+                                   dflt.verify_alive_seconds),
+        saving_wait_seconds=r.opt(d, "saving_wait_seconds", kp, r.number,
+                                  dflt.saving_wait_seconds),
+        max_body_bytes=r.opt(d, "max_body_bytes", kp,
+                             lambda v, k: r.integer(v, k, minimum=1024), dflt.max_body_bytes),
+        budget=r.opt(d, "restart_budget", kp, lambda v, k: _budget(r, v, k), RestartBudget()),
+    )
+
+
+def parse_config(data: Any, file: Path) -> Config:
+    """Validate an already-parsed YAML document; ``file`` anchors relative paths."""
+    file = Path(file).resolve()
+    r = _Reader(file)
+    if data is None:
+        data = {}
+    top = r.mapping(data, "", {"jobs", "exporter", "remediator"})
+    raw_jobs = top.get("jobs")
+    if not isinstance(raw_jobs, list) or not raw_jobs:
+        raise r.fail("jobs", "expected a non-empty list of jobs")
+    jobs = tuple(_job(r, j, _join("jobs", i)) for i, j in enumerate(raw_jobs))
+    seen: set[str] = set()
+    for i, job in enumerate(jobs):
+        if job.name in seen:
+            raise r.fail(_join(_join("jobs", i), "name"), f"duplicate job name {job.name!r}")
+        seen.add(job.name)
+    exporter = ExporterConfig() if top.get("exporter") is None else _exporter(
+        r, top["exporter"], "exporter")
+    remediator = _remediator(r, top.get("remediator") or {}, "remediator")
+    return Config(path=file, jobs=jobs, exporter=exporter, remediator=remediator)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the config file; every failure is a :class:`ConfigError`."""
+    file = Path(path).expanduser()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(file, "", "no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(file, "", "is a directory, expected a YAML file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(file, "", f"cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(file, "", f"{where}{problem}") from None
+    return parse_config(data, file)
