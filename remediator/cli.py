@@ -1,8 +1,10 @@
-"""`trainguard remediator` (placeholder)."""
+"""`trainguard remediator` (placeholder) and `trainguard checkpoint repair`."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from remediator import repair_cli
 
 if TYPE_CHECKING:
     from trainguard.cli import CommandRegistry
@@ -10,3 +12,4 @@ if TYPE_CHECKING:
 
 def register(registry: CommandRegistry) -> None:
     """Plug this side's sub-commands into the front door."""
+    repair_cli.register(registry)
