@@ -1,0 +1,192 @@
+"""``trainguard init FLUXGYM_OUTPUT_DIR``: a working config for an existing FluxGym run.
+
+Why: writing the config by hand is where seed 003's mistake lives (paths relative to
+wherever the monitor was started).  FluxGym keeps each run in ``outputs/<name>/`` with
+its generated ``train.sh`` (``train.bat`` on Windows) and runs ``bash
+outputs/<name>/train.sh`` from its own root, so everything trainguard needs follows from
+that folder: the job name, output_dir, the launch script and the workdir (two levels
+up, where ``sd-scripts/`` must be).
+
+Decisions:
+
+* FluxGym streams the run's output to its web UI and writes no log file, so the config
+  names ``outputs/<name>/train.log`` and init prints the command that tees the run into
+  it; the remediator appends resumed runs to the same file.
+* The config goes beside FluxGym's root (``trainguard.yaml``), never inside the output
+  folder: a ``--config`` argument pointing into output_dir would make trainguard's own
+  processes look like part of the job (see trainguard.process).
+* Paths are written relative to the config file's folder when they lie below it, so the
+  whole tree can move; the loader anchors them there (never at the cwd).
+* An existing config is never overwritten (exit 2); an existing token file is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import secrets
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trainguard.config import JOB_NAME_RE, load_config
+
+if TYPE_CHECKING:
+    from trainguard.cli import CommandRegistry
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "trainguard.yaml"
+TOKEN_PATH = Path("secrets") / "trainguard-webhook-token"
+LOG_NAME = "train.log"
+
+
+class InitError(Exception):
+    """Why no config was written; phrased for the person who ran the command."""
+
+
+def register(registry: CommandRegistry) -> None:
+    """Add ``trainguard init`` to the front door."""
+    p = registry.commands.add_parser(
+        "init", help="write a config for an existing FluxGym output folder",
+        description="Write a trainguard config for a FluxGym run folder "
+                    "(outputs/<name>/ holding train.sh).")
+    p.add_argument("output_dir", metavar="FLUXGYM_OUTPUT_DIR",
+                   help="the run's folder, e.g. /workspace/fluxgym/outputs/my-lora")
+    p.add_argument("--out", metavar="FILE", default=None,
+                   help=f"where to write the config (default: FluxGym root/{CONFIG_NAME})")
+    p.set_defaults(handler=_handler)
+
+
+def _handler(args: argparse.Namespace) -> int:
+    try:
+        for line in init_config(Path(args.output_dir), None if args.out is None
+                                else Path(args.out)):
+            print(line)
+    except InitError as exc:
+        print(f"trainguard: init: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _find_script(output_dir: Path) -> Path:
+    for name in ("train.sh", "train.bat"):
+        if (output_dir / name).is_file():
+            return output_dir / name
+    raise InitError(f"{output_dir}: no train.sh or train.bat here; expected a FluxGym run "
+                    "folder such as fluxgym/outputs/<name>/")
+
+
+def _script_output_dir(script: Path, workdir: Path) -> Path | None:
+    """The ``--output_dir`` the script really writes to, resolved as FluxGym would run it."""
+    text = script.read_text(encoding="utf-8", errors="replace")
+    text = re.sub(r"[\\^]\r?\n", " ", text)
+    words = [w.strip('"') for w in shlex.split(text, posix=False)] if text else []
+    for i, w in enumerate(words):
+        value = None
+        if w == "--output_dir" and i + 1 < len(words):
+            value = words[i + 1]
+        elif w.startswith("--output_dir="):
+            value = w.split("=", 1)[1]
+        if value:
+            return (workdir / value).resolve()
+    return None
+
+
+def _rel(path: Path, base: Path) -> str:
+    """``path`` relative to ``base`` when below it (portable), else absolute."""
+    try:
+        return str(path.relative_to(base)) or "."
+    except ValueError:
+        return str(path)
+
+
+def _write_token(path: Path) -> bool:
+    """Create a fresh webhook token readable by the owner only; False if one exists."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(secrets.token_urlsafe(32) + "\n")
+    return True
+
+
+def init_config(output_dir: Path, out: Path | None = None) -> list[str]:
+    """Write the config; return the lines to show the user.  Raises :class:`InitError`."""
+    output_dir = output_dir.expanduser().resolve()
+    if not output_dir.is_dir():
+        raise InitError(f"{output_dir}: not a folder")
+    script = _find_script(output_dir)
+    root = output_dir.parent.parent
+    notes: list[str] = []
+    if not (root / "sd-scripts").is_dir():
+        notes.append(f"warning: {root} has no sd-scripts/ folder; FluxGym runs train.sh from "
+                     "its root, so check launch.workdir in the config")
+    name = output_dir.name
+    if not JOB_NAME_RE.match(name):
+        name = re.sub(r"[^a-zA-Z0-9_.-]+", "-", name).strip("-") or "job"
+        notes.append(f"note: job name {output_dir.name!r} has characters a Prometheus label "
+                     f"value should not carry; using {name!r}")
+    writes_to = _script_output_dir(script, root)
+    if writes_to is not None and writes_to != output_dir:
+        notes.append(f"warning: {script.name} writes to --output_dir {writes_to}, not to "
+                     f"{output_dir}; trainguard watches {output_dir}")
+    out = (out.expanduser() if out is not None else root / CONFIG_NAME).absolute()
+    if out.exists():
+        raise InitError(f"{out}: already exists; not overwriting it (use --out FILE, or add "
+                        "the job to it by hand)")
+    base = out.parent.resolve()
+    if base == output_dir or output_dir in base.parents:
+        raise InitError(f"{out}: keep the config outside the run folder {output_dir}")
+    log_file = output_dir / LOG_NAME
+    token = base / TOKEN_PATH
+
+    def q(path: Path) -> str:
+        return json.dumps(_rel(path, base))  # a JSON string is a valid YAML scalar
+
+    text = (
+        f"# Written by `trainguard init {output_dir}`.\n"
+        "# Relative paths resolve against this file's folder.\n"
+        "jobs:\n"
+        f"  - name: {json.dumps(name)}\n"
+        f"    output_dir: {q(output_dir)}\n"
+        "    launch:\n"
+        f"      script: {q(script)}   # run as FluxGym does; never modified\n"
+        f"      workdir: {q(root)}    # the FluxGym root\n"
+        "      resume_flag: --resume\n"
+        f"    log_file: {q(log_file)}\n"
+        "exporter:\n"
+        "  listen: 127.0.0.1:9842\n"
+        "remediator:\n"
+        "  listen: 127.0.0.1:9843\n"
+        f"  token_file: {q(token)}\n"
+    )
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    try:
+        load_config(tmp)  # never leave a config the loader would refuse
+        os.link(tmp, out)  # fails if someone created it meanwhile: still no overwrite
+    except FileExistsError:
+        raise InitError(f"{out}: already exists; not overwriting it") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    made_token = _write_token(token)
+    lines = [*notes, f"wrote {out}",
+             f"{'created' if made_token else 'kept existing'} webhook token {token} (mode 0600)"]
+    rel_script, rel_log = _rel(script, root), _rel(log_file, root)
+    if script.suffix == ".sh":
+        start = (f"cd {shlex.quote(str(root))} && bash {shlex.quote(rel_script)} 2>&1 "
+                 f"| tee -a {shlex.quote(rel_log)}")
+    else:
+        start = f'cd /d "{root}" && call "{rel_script}" >> "{rel_log}" 2>&1'
+    lines += ["FluxGym writes no log file; start the run with its output kept where "
+              "trainguard reads progress:", f"  {start}",
+              f"then: trainguard exporter --config {shlex.quote(str(out))}"]
+    return lines
