@@ -1,0 +1,40 @@
+"""Process collector: is each configured job's process tree alive, how big, since when.
+
+Every configured job gets all three series on every scrape (0 when nothing runs), so
+``TrainingProcessDown`` can tell "the job died" from "the exporter is gone".  Zombies are
+not counted: they have exited and only wait to be reaped.  The start time is the oldest
+live process's, i.e. when the current run (or resume) began; rules use it for the
+start-up grace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from exporter.collectors.base import Scrape
+
+
+class ProcessCollector:
+    name = "process"
+
+    def __init__(self, jobs: Sequence[str]) -> None:
+        self._jobs = list(jobs)
+
+    def collect(self, scrape: Scrape) -> Iterator[Metric]:
+        jl = ["training_job"]
+        up = GaugeMetricFamily("trainguard_job_process_up",
+                               "1 while any process of the job lives.", labels=jl)
+        count = GaugeMetricFamily("trainguard_job_processes",
+                                  "Live processes of the job (launcher tree).", labels=jl)
+        start = GaugeMetricFamily("trainguard_job_process_start_time_seconds",
+                                  "Start time of the job's oldest live process "
+                                  "(0 when none).", labels=jl)
+        procs = scrape.processes()
+        for job in self._jobs:
+            live = [p for p in procs.get(job, ()) if p.alive]
+            up.add_metric([job], 1.0 if live else 0.0)
+            count.add_metric([job], float(len(live)))
+            start.add_metric([job], min((p.create_time for p in live), default=0.0))
+        yield from (up, count, start)

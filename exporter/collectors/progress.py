@@ -1,0 +1,62 @@
+"""Progress collector: step, total and last progress from each job's log, and completion.
+
+One :class:`trainguard.progress.LogFollower` per job with a ``log_file``, polled on every
+scrape; it reads only what was appended since the last poll, so a multi-gigabyte log
+costs nothing once caught up.  ``trainguard_job_completed`` is present for every job
+(it also needs the process liveness the scrape shares); step, total and last progress
+are omitted until the log has shown a step (HACKING.md), because 0 would read as "the
+run went back to step 0".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from exporter.collectors.base import Scrape
+from trainguard.config import JobConfig
+from trainguard.progress import LogFollower, Progress, job_completed
+
+
+class ProgressCollector:
+    name = "progress"
+
+    def __init__(self, jobs: Sequence[JobConfig]) -> None:
+        self._jobs = list(jobs)
+        self._followers = {j.name: LogFollower(j.log_file) for j in jobs
+                           if j.log_file is not None}
+
+    def collect(self, scrape: Scrape) -> Iterator[Metric]:
+        jl = ["training_job"]
+        step = GaugeMetricFamily("trainguard_job_step",
+                                 "Latest training step shown in the job's log.", labels=jl)
+        total = GaugeMetricFamily("trainguard_job_total_steps",
+                                  "Total steps of the run, as the log says.", labels=jl)
+        last = GaugeMetricFamily("trainguard_job_last_progress_timestamp_seconds",
+                                 "When the step last advanced.", labels=jl)
+        done = GaugeMetricFamily("trainguard_job_completed",
+                                 "1 once the job's latest run finished normally.", labels=jl)
+        now = time.time()
+        procs = scrape.processes()
+        errors: list[str] = []
+        for job in self._jobs:
+            progress: Progress | None = None
+            follower = self._followers.get(job.name)
+            if follower is not None:
+                try:
+                    progress = follower.poll(now)
+                except OSError as exc:  # one unreadable log must not hide the others
+                    errors.append(f"{job.name}: {exc}")
+            if progress is not None and progress.step is not None:
+                step.add_metric([job.name], float(progress.step))
+                if progress.total is not None:
+                    total.add_metric([job.name], float(progress.total))
+                if progress.last_progress is not None:
+                    last.add_metric([job.name], progress.last_progress)
+            alive = any(p.alive for p in procs.get(job.name, ()))
+            done.add_metric([job.name], 1.0 if job_completed(job, progress, alive) else 0.0)
+        yield from (step, total, last, done)
+        if errors:
+            raise OSError("; ".join(errors))
