@@ -1,0 +1,102 @@
+"""Process and progress collectors against real processes and real log files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from exporter_testlib import metrics_of, value
+
+from exporter.collectors.base import CollectorSet
+from exporter.collectors.process import ProcessCollector
+from exporter.collectors.progress import ProgressCollector
+from trainguard.config import JobConfig
+from trainguard.process import ProcessMatcher
+
+BAR = "steps: {pct:3d}%|#####     | {step}/{total} [00:02<00:06, 4.8it/s, avr_loss=0.1]"
+
+
+def job(tmp_path: Path, name: str, log: bool = True) -> JobConfig:
+    out = tmp_path / name
+    out.mkdir(parents=True, exist_ok=True)
+    return JobConfig(name=name, output_dir=out,
+                     log_file=(out / "train.log") if log else None)
+
+
+@pytest.fixture
+def sleeper(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real 'trainer' whose arguments name job a's output_dir (a parent with a child)."""
+    out = tmp_path / "a"
+    out.mkdir(parents=True, exist_ok=True)
+    code = ("import subprocess,sys,time; "
+            "c=subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']); "
+            "time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code, "--output_dir", str(out)])
+    # wait until the child exists, so the tree is complete
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not psutil.Process(p.pid).children():
+        time.sleep(0.02)
+    children = psutil.Process(p.pid).children(recursive=True)
+    yield p
+    for c in children:
+        if c.is_running():
+            c.kill()
+    p.kill()
+    p.wait()
+
+
+def test_process_up_count_and_start_time(tmp_path: Path,
+                                         sleeper: subprocess.Popen[bytes]) -> None:
+    jobs = [job(tmp_path, "a"), job(tmp_path, "b")]
+    cs = CollectorSet([ProcessCollector(["a", "b"])], ProcessMatcher(jobs).match)
+    m = metrics_of(cs)
+    assert value(m, "trainguard_job_process_up", training_job="a") == 1
+    assert value(m, "trainguard_job_processes", training_job="a") == 2
+    assert value(m, "trainguard_job_process_start_time_seconds", training_job="a") == \
+        pytest.approx(psutil.Process(sleeper.pid).create_time(), abs=0.05)
+    # a job with nothing running still has all three series, at 0
+    assert value(m, "trainguard_job_process_up", training_job="b") == 0
+    assert value(m, "trainguard_job_processes", training_job="b") == 0
+    assert value(m, "trainguard_job_process_start_time_seconds", training_job="b") == 0
+    for c in psutil.Process(sleeper.pid).children(recursive=True):
+        c.kill()
+    sleeper.kill()
+    sleeper.wait()
+    m = metrics_of(cs)
+    assert value(m, "trainguard_job_process_up", training_job="a") == 0
+    assert value(m, "trainguard_collector_success", collector="process") == 1
+
+
+def test_progress_follows_the_log(tmp_path: Path) -> None:
+    a, b = job(tmp_path, "a"), job(tmp_path, "b", log=False)
+    assert a.log_file is not None
+    cs = CollectorSet([ProgressCollector([a, b])], lambda: {"a": [], "b": []})
+    m = metrics_of(cs)
+    # no log yet: no step series, completed present at 0
+    assert value(m, "trainguard_job_step", training_job="a") is None
+    assert value(m, "trainguard_job_completed", training_job="a") == 0
+    assert value(m, "trainguard_job_completed", training_job="b") == 0
+    with open(a.log_file, "w") as f:
+        f.write("running training\n" + BAR.format(pct=25, step=10, total=40) + "\r")
+    before = time.time()
+    m = metrics_of(cs)
+    assert value(m, "trainguard_job_step", training_job="a") == 10
+    assert value(m, "trainguard_job_total_steps", training_job="a") == 40
+    first = value(m, "trainguard_job_last_progress_timestamp_seconds", training_job="a")
+    assert first is not None and first <= time.time()
+    with open(a.log_file, "a") as f:
+        f.write(BAR.format(pct=50, step=20, total=40) + "\r")
+    m = metrics_of(cs)
+    assert value(m, "trainguard_job_step", training_job="a") == 20
+    last = value(m, "trainguard_job_last_progress_timestamp_seconds", training_job="a")
+    assert last is not None and last >= before
+    with open(a.log_file, "a") as f:
+        f.write(BAR.format(pct=100, step=40, total=40) + "\nmodel saved.\n")
+    m = metrics_of(cs)
+    assert value(m, "trainguard_job_completed", training_job="a") == 1
+    assert value(m, "trainguard_collector_success", collector="progress") == 1
