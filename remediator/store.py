@@ -1,0 +1,349 @@
+"""The remediator's memory: incidents, the audit trail of actions, per-job budget state.
+
+Why SQLite and not memory: Alertmanager delivers at least once and repeats while an alert
+fires, and the remediator itself may be restarted between two deliveries.  Acting twice
+on one alert means killing the run we just resumed.  So an incident's identity
+``(job, alertname, startsAt)`` is a UNIQUE key on disk, and the decision "is this new?"
+is one INSERT that either creates the row or finds it (answered before the HTTP reply).
+
+WAL mode lets the status page read while a worker writes; one process-wide lock
+serialises writers (sqlite3 connections are not shared between threads here: one
+connection, guarded by the lock, ``check_same_thread=False``).
+
+Incident states (``state``):
+
+* ``queued``    received, waiting for its job's worker
+* ``waiting``   the worker is waiting (checkpoint being written, restart backoff)
+* ``acting``    the worker has started acting (kill/repair/launch may have happened)
+* ``done``      remediated; ``outcome`` says how (resumed, restarted, failed, dry_run)
+* ``skipped``   looked at and deliberately not acted on; ``reason`` says why
+* ``cancelled`` the alert resolved before any action started
+* ``gave_up``   the restart budget was spent
+* ``ignored``   the alert named no configured job (kept so misrouting is visible)
+
+Schema changes bump :data:`SCHEMA_VERSION`; an unknown newer version refuses to open
+rather than guessing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+OPEN_STATES = ("queued", "waiting", "acting")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS incidents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job TEXT NOT NULL,
+    alertname TEXT NOT NULL,
+    starts_at TEXT NOT NULL,
+    starts_ts REAL,
+    fingerprint TEXT,
+    state TEXT NOT NULL,
+    outcome TEXT,
+    reason TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    deliveries INTEGER NOT NULL DEFAULT 1,
+    evidence TEXT,
+    UNIQUE (job, alertname, starts_at)
+);
+CREATE INDEX IF NOT EXISTS incidents_job ON incidents (job, id);
+CREATE TABLE IF NOT EXISTS actions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    incident_id INTEGER,
+    job TEXT NOT NULL,
+    ts REAL NOT NULL,
+    action TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS actions_job ON actions (job, action, outcome);
+CREATE TABLE IF NOT EXISTS jobs (
+    job TEXT PRIMARY KEY,
+    gave_up INTEGER NOT NULL DEFAULT 0,
+    gave_up_reason TEXT,
+    last_remediation REAL,
+    last_process_start REAL,
+    last_pid INTEGER,
+    budget_since REAL NOT NULL DEFAULT 0
+);
+"""
+
+
+class StoreError(Exception):
+    """The state file cannot be opened or written; the receiver answers 503 on this."""
+
+
+@dataclass(frozen=True)
+class Incident:
+    id: int
+    job: str
+    alertname: str
+    starts_at: str
+    starts_ts: float | None
+    fingerprint: str | None
+    state: str
+    outcome: str | None
+    reason: str | None
+    created: float
+    updated: float
+    deliveries: int
+    evidence: dict[str, Any] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "job": self.job, "alertname": self.alertname,
+            "starts_at": self.starts_at, "fingerprint": self.fingerprint,
+            "state": self.state, "outcome": self.outcome, "reason": self.reason,
+            "created": self.created, "updated": self.updated,
+            "deliveries": self.deliveries, "evidence": self.evidence,
+        }
+
+
+@dataclass(frozen=True)
+class Action:
+    id: int
+    incident_id: int | None
+    job: str
+    ts: float
+    action: str
+    outcome: str
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "incident_id": self.incident_id, "job": self.job, "ts": self.ts,
+                "action": self.action, "outcome": self.outcome, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class JobState:
+    job: str
+    gave_up: bool
+    gave_up_reason: str | None
+    last_remediation: float | None
+    last_process_start: float | None
+    last_pid: int | None
+    budget_since: float
+
+
+def _incident(row: sqlite3.Row) -> Incident:
+    ev = row["evidence"]
+    return Incident(
+        id=row["id"], job=row["job"], alertname=row["alertname"], starts_at=row["starts_at"],
+        starts_ts=row["starts_ts"], fingerprint=row["fingerprint"], state=row["state"],
+        outcome=row["outcome"], reason=row["reason"], created=row["created"],
+        updated=row["updated"], deliveries=row["deliveries"],
+        evidence=json.loads(ev) if ev else None,
+    )
+
+
+class Store:
+    """Thread-safe access to the state file.  Every method is one short transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), timeout=10.0,
+                                       check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            with self._tx() as db:
+                for stmt in _SCHEMA.strip().split(";"):
+                    if stmt.strip():
+                        db.execute(stmt)
+                row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                if row is None:
+                    db.execute("INSERT INTO meta VALUES ('schema_version', ?)",
+                               (str(SCHEMA_VERSION),))
+                elif int(row["value"]) > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path}: state file has schema version {row['value']}, newer "
+                        f"than this trainguard understands ({SCHEMA_VERSION})")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open state file: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: {exc}") from None
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return list(self._db.execute(sql, args).fetchall())
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: {exc}") from None
+
+    # ------------------------------------------------------------------ incidents
+
+    def open_incident(self, job: str, alertname: str, starts_at: str, starts_ts: float | None,
+                      fingerprint: str | None, state: str = "queued",
+                      reason: str | None = None) -> tuple[Incident, bool]:
+        """Create the incident, or count one more delivery of an existing one.
+
+        Returns ``(incident, created)``; ``created`` is False for a duplicate delivery.
+        """
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO incidents (job, alertname, starts_at, starts_ts, "
+                "fingerprint, state, reason, created, updated) VALUES (?,?,?,?,?,?,?,?,?)",
+                (job, alertname, starts_at, starts_ts, fingerprint, state, reason, now, now))
+            created = cur.rowcount == 1
+            if not created:
+                db.execute("UPDATE incidents SET deliveries = deliveries + 1 WHERE job=? AND "
+                           "alertname=? AND starts_at=?", (job, alertname, starts_at))
+            row = db.execute("SELECT * FROM incidents WHERE job=? AND alertname=? AND "
+                             "starts_at=?", (job, alertname, starts_at)).fetchone()
+        return _incident(row), created
+
+    def get_incident(self, incident_id: int) -> Incident | None:
+        rows = self._read("SELECT * FROM incidents WHERE id=?", (incident_id,))
+        return _incident(rows[0]) if rows else None
+
+    def set_state(self, incident_id: int, state: str, *, outcome: str | None = None,
+                  reason: str | None = None, only_from: tuple[str, ...] | None = None) -> bool:
+        """Move an incident to ``state``; with ``only_from``, only if it is in one of those.
+
+        Returns whether the row changed (so "cancel unless already acting" is atomic).
+        """
+        sql = ("UPDATE incidents SET state=?, outcome=COALESCE(?, outcome), "
+               "reason=COALESCE(?, reason), updated=? WHERE id=?")
+        args: tuple[Any, ...] = (state, outcome, reason, time.time(), incident_id)
+        if only_from:
+            sql += f" AND state IN ({','.join('?' * len(only_from))})"
+            args += tuple(only_from)
+        with self._tx() as db:
+            return db.execute(sql, args).rowcount == 1
+
+    def cancel_open(self, job: str, alertname: str, starts_at: str) -> Incident | None:
+        """A resolved alert: cancel its incident if no action has started yet."""
+        with self._tx() as db:
+            db.execute("UPDATE incidents SET state='cancelled', reason=?, updated=? WHERE "
+                       "job=? AND alertname=? AND starts_at=? AND state IN ('queued','waiting')",
+                       ("the alert resolved before any action started", time.time(),
+                        job, alertname, starts_at))
+            row = db.execute("SELECT * FROM incidents WHERE job=? AND alertname=? AND "
+                             "starts_at=?", (job, alertname, starts_at)).fetchone()
+        return _incident(row) if row else None
+
+    def add_evidence(self, incident_id: int, key: str, value: Any) -> None:
+        with self._tx() as db:
+            row = db.execute("SELECT evidence FROM incidents WHERE id=?",
+                             (incident_id,)).fetchone()
+            ev = json.loads(row["evidence"]) if row and row["evidence"] else {}
+            ev[key] = value
+            db.execute("UPDATE incidents SET evidence=?, updated=? WHERE id=?",
+                       (json.dumps(ev), time.time(), incident_id))
+
+    def incidents(self, limit: int = 100, job: str | None = None) -> list[Incident]:
+        if job is None:
+            rows = self._read("SELECT * FROM incidents ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._read("SELECT * FROM incidents WHERE job=? ORDER BY id DESC LIMIT ?",
+                              (job, limit))
+        return [_incident(r) for r in rows]
+
+    def unfinished(self) -> list[Incident]:
+        """Incidents a previous remediator left queued, waiting or mid-action."""
+        rows = self._read("SELECT * FROM incidents WHERE state IN ('queued','waiting','acting') "
+                          "ORDER BY id")
+        return [_incident(r) for r in rows]
+
+    # ------------------------------------------------------------------ actions
+
+    def record(self, job: str, incident_id: int | None, action: str, outcome: str,
+               detail: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO actions (incident_id, job, ts, action, outcome, detail) "
+                       "VALUES (?,?,?,?,?,?)",
+                       (incident_id, job, time.time(), action, outcome, detail))
+
+    def actions(self, incident_id: int | None = None, job: str | None = None,
+                limit: int = 1000) -> list[Action]:
+        where, args = [], []
+        if incident_id is not None:
+            where.append("incident_id=?")
+            args.append(incident_id)
+        if job is not None:
+            where.append("job=?")
+            args.append(job)
+        sql = "SELECT * FROM actions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self._read(sql + " ORDER BY id LIMIT ?", (*args, limit))
+        return [Action(r["id"], r["incident_id"], r["job"], r["ts"], r["action"], r["outcome"],
+                       r["detail"]) for r in rows]
+
+    def action_counts(self) -> dict[tuple[str, str, str], int]:
+        rows = self._read("SELECT job, action, outcome, COUNT(*) AS n FROM actions "
+                          "GROUP BY job, action, outcome")
+        return {(r["job"], r["action"], r["outcome"]): int(r["n"]) for r in rows}
+
+    def launches_since(self, job: str, since: float) -> list[float]:
+        """Times of restarts (resume or from scratch) that count against the budget."""
+        rows = self._read("SELECT ts FROM actions WHERE job=? AND action IN "
+                          "('resume','restart') AND outcome != 'dry_run' AND ts >= ? ORDER BY ts",
+                          (job, since))
+        return [float(r["ts"]) for r in rows]
+
+    # ------------------------------------------------------------------ jobs
+
+    def job_state(self, job: str) -> JobState:
+        rows = self._read("SELECT * FROM jobs WHERE job=?", (job,))
+        if not rows:
+            return JobState(job, False, None, None, None, None, 0.0)
+        r = rows[0]
+        return JobState(job, bool(r["gave_up"]), r["gave_up_reason"], r["last_remediation"],
+                        r["last_process_start"], r["last_pid"], float(r["budget_since"]))
+
+    def update_job(self, job: str, **fields: Any) -> None:
+        allowed = {"gave_up", "gave_up_reason", "last_remediation", "last_process_start",
+                   "last_pid", "budget_since"}
+        bad = set(fields) - allowed
+        if bad:
+            raise ValueError(f"unknown job fields: {sorted(bad)}")
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO jobs (job) VALUES (?)", (job,))
+            for key, value in fields.items():
+                db.execute(f"UPDATE jobs SET {key}=? WHERE job=?", (value, job))  # noqa: S608
+
+    def reset_job(self, job: str) -> None:
+        """Re-arm a job that gave up: clear the flag and start a fresh budget window."""
+        self.update_job(job, gave_up=0, gave_up_reason=None, budget_since=time.time())
+
+
+def summarize(incident: Incident, actions: list[Action]) -> Mapping[str, Any]:
+    """An incident with its actions, for the JSON API."""
+    out = incident.to_json()
+    out["actions"] = [a.to_json() for a in actions]
+    return out
