@@ -1,0 +1,77 @@
+"""Checkpoint collector over real accelerate state folders written by the tiny trainer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from exporter_testlib import metrics_of, value
+from helpers.common import TINY_TRAIN
+
+from exporter.collectors.base import CollectorSet
+from exporter.collectors.checkpoint import CheckpointCollector
+from trainguard.config import JobConfig
+
+
+@pytest.fixture(scope="module")
+def real_states(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """t-step00000002-state, t-step00000004-state: real ``save_state`` output."""
+    out = tmp_path_factory.mktemp("states")
+    subprocess.run([sys.executable, str(TINY_TRAIN), "--output_dir", str(out),
+                    "--max_train_steps", "5", "--save_every_n_steps", "2", "--save_state",
+                    "--step_seconds", "0", "--output_name", "t"],
+                   check=True, capture_output=True, timeout=120)
+    return out
+
+
+class Clock:
+    t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_latest_counts_writing_and_throttle(real_states: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(real_states, out)
+    jobs = [JobConfig(name="a", output_dir=out),
+            JobConfig(name="empty", output_dir=tmp_path / "nothing-yet")]
+    clock = Clock()
+    cs = CollectorSet([CheckpointCollector(jobs, rescan_seconds=5.0, clock=clock)],
+                      lambda: {})
+    m = metrics_of(cs)
+    usable = value(m, "trainguard_checkpoint_latest_step", training_job="a")
+    assert usable == 5  # the end-of-training t-state holds step 5, newest
+    assert value(m, "trainguard_checkpoint_latest_timestamp_seconds", training_job="a") == \
+        pytest.approx(max(f.stat().st_mtime for f in (out / "t-state").iterdir()), abs=1e-3)
+    assert value(m, "trainguard_checkpoints", training_job="a", status="valid") == 3
+    assert value(m, "trainguard_checkpoint_writing", training_job="a") == 0
+    for status in ("valid", "repairable", "invalid", "writing"):
+        assert value(m, "trainguard_checkpoints", training_job="empty", status=status) == 0
+    assert value(m, "trainguard_checkpoint_latest_step", training_job="empty") == 0
+    assert value(m, "trainguard_collector_success", collector="checkpoint") == 1
+
+    # A save in progress (no RNG file yet, fresh) and a cut model in an older one.
+    shutil.rmtree(out / "t-state")
+    half = out / "t-step00000006-state"
+    shutil.copytree(out / "t-step00000004-state", half)
+    (half / "random_states_0.pkl").unlink()
+    model = out / "t-step00000002-state" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:-100])
+    old = time.time() - 3600  # cut long ago: broken, not a save in progress
+    for f in [*model.parent.iterdir(), model.parent]:
+        os.utime(f, (old, old))
+    # Within the throttle window the last scan is served.
+    assert value(metrics_of(cs), "trainguard_checkpoint_writing", training_job="a") == 0
+    clock.t = 5.1
+    m = metrics_of(cs)
+    assert value(m, "trainguard_checkpoint_writing", training_job="a") == 1
+    assert value(m, "trainguard_checkpoints", training_job="a", status="writing") == 1
+    assert value(m, "trainguard_checkpoints", training_job="a", status="invalid") == 1
+    assert value(m, "trainguard_checkpoints", training_job="a", status="valid") == 1
+    assert value(m, "trainguard_checkpoint_latest_step", training_job="a") == 4
