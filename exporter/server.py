@@ -47,7 +47,8 @@ def build_registry(config: Config, session: NvmlSession | None = None,
     collectors = CollectorSet(
         [
             ProcessCollector(names),
-            GpuCollector(names, session),
+            GpuCollector(names, session,
+                         {j.name: j.gpus for j in config.jobs if j.gpus}),
             ProgressCollector(config.jobs),
             CheckpointCollector(config.jobs,
                                 rescan_seconds=config.exporter.checkpoint_rescan_seconds,

@@ -85,6 +85,10 @@ class JobConfig:
     launch: LaunchConfig | None = None
     log_file: Path | None = None
     startup_grace_seconds: float = 600.0
+    # GPUs that belong to this job whatever NVML's process list says: indexes ("0") or
+    # UUIDs ("GPU-..."), or ("all",).  Needed in containers (RunPod), where NVML reports
+    # host pids that the container cannot see.  None: attribute by process only.
+    gpus: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -232,7 +236,8 @@ def _launch(r: _Reader, data: Any, kp: str) -> LaunchConfig:
         workdir = script.parent if script is not None else r.base
     resume_flag = r.opt(d, "resume_flag", kp, r.string, "--resume")
     if not resume_flag.startswith("-") or any(c.isspace() for c in resume_flag):
-        raise r.fail(_join(kp, "resume_flag"), f"expected a flag such as --resume, got {resume_flag!r}")
+        raise r.fail(_join(kp, "resume_flag"),
+                     f"expected a flag such as --resume, got {resume_flag!r}")
     env: dict[str, str] = {}
     if d.get("env") is not None:
         ekp = _join(kp, "env")
@@ -248,13 +253,15 @@ def _launch(r: _Reader, data: Any, kp: str) -> LaunchConfig:
 
 
 def _job(r: _Reader, data: Any, kp: str) -> JobConfig:
-    d = r.mapping(data, kp, {"name", "output_dir", "launch", "log_file", "startup_grace_seconds"})
+    d = r.mapping(data, kp, {"name", "output_dir", "launch", "log_file", "startup_grace_seconds",
+                             "gpus"})
     for required in ("name", "output_dir"):
         if d.get(required) is None:
             raise r.fail(_join(kp, required), "required key is missing")
     name = r.string(d["name"], _join(kp, "name"))
     if not JOB_NAME_RE.match(name):
-        raise r.fail(_join(kp, "name"), f"expected letters, digits, '_', '.', '-' only, got {name!r}")
+        raise r.fail(_join(kp, "name"),
+                     f"expected letters, digits, '_', '.', '-' only, got {name!r}")
     launch = None if d.get("launch") is None else _launch(r, d["launch"], _join(kp, "launch"))
     return JobConfig(
         name=name,
@@ -262,7 +269,24 @@ def _job(r: _Reader, data: Any, kp: str) -> JobConfig:
         launch=launch,
         log_file=r.opt(d, "log_file", kp, r.path, None),
         startup_grace_seconds=r.opt(d, "startup_grace_seconds", kp, r.number, 600.0),
+        gpus=r.opt(d, "gpus", kp, lambda v, k: _gpus(r, v, k), None),
     )
+
+
+def _gpus(r: _Reader, value: Any, kp: str) -> tuple[str, ...]:
+    if value == "all":
+        return ("all",)
+    if not isinstance(value, list) or not value:
+        raise r.fail(kp, "expected 'all' or a list of GPU indexes / UUIDs")
+    out = []
+    for i, item in enumerate(value):
+        ok = (isinstance(item, int) and not isinstance(item, bool) and item >= 0) or (
+            isinstance(item, str) and (item.isdigit() or item.startswith(("GPU-", "MIG-"))))
+        if not ok:
+            raise r.fail(_join(kp, i), f"expected a GPU index or a UUID such as GPU-..., "
+                                       f"got {item!r}")
+        out.append(str(item))
+    return tuple(out)
 
 
 def _exporter(r: _Reader, data: Any, kp: str) -> ExporterConfig:

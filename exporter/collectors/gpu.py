@@ -10,9 +10,17 @@ processes on it is one of the job's processes (the launcher tree from
 mean, power and power limit the sums (so rules can compare power to the limit, DESIGN.md
 §4: a spinning hang is 100 % busy at idle power), memory the sum of what the job's own
 processes hold (NVML's per-process figure; the GPU's total use where NVML cannot say),
-so two jobs sharing a GPU are not both charged for it.  ``trainguard_job_gpus`` is
-present for every job (0 when it holds none, or on a host without GPUs); the others only
-while the job holds a GPU.
+so two jobs sharing a GPU are not both charged for it.
+
+Containers (RunPod and the like) break the pid match: NVML reports host pids, which the
+container cannot see.  Two remedies, in order: a job's configured ``gpus`` (indexes,
+UUIDs or ``all``) are its GPUs whatever NVML's process list says; and when NVML's
+compute processes on a GPU are all invisible in this pid namespace, nobody claims that
+GPU, and exactly one job has live processes, that GPU is the job's (the single-run pod,
+the common case).  With two live jobs and invisible pids nothing is guessed.
+
+``trainguard_job_gpus`` is present for every job (0 when it holds none, or on a host
+without GPUs); the others only while the job holds a GPU.
 
 No NVML library at all is a normal host, not a failure: no GPU series, success 1.
 NVML present but failing makes this collector fail (success 0) while every other
@@ -21,8 +29,9 @@ collector still reports; one lost GPU is left out, the others reported, success 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
+import psutil
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from exporter.collectors.base import Scrape
@@ -40,9 +49,12 @@ def _gauge(name: str, doc: str, labels: Sequence[str]) -> GaugeMetricFamily:
 class GpuCollector:
     name = "gpu"
 
-    def __init__(self, jobs: Sequence[str], session: NvmlSession | None = None) -> None:
+    def __init__(self, jobs: Sequence[str], session: NvmlSession | None = None,
+                 assigned: Mapping[str, Sequence[str]] | None = None) -> None:
         self._jobs = list(jobs)
         self.session = session or NvmlSession()
+        # job -> configured GPUs (indexes or UUIDs as strings, or "all")
+        self._assigned = {job: frozenset(gpus) for job, gpus in (assigned or {}).items()}
 
     def collect(self, scrape: Scrape) -> Iterator[Metric]:
         snap = self.session.read()
@@ -94,10 +106,14 @@ class GpuCollector:
                        "Summed power limits of the GPUs the job holds.", jl)
         # Only walk /proc-derived data when some GPU has a compute process at all.
         busy = any(g.processes for g in snap.gpus)
-        procs = scrape.processes() if busy else {}
+        procs = scrape.processes() if busy or self._assigned else {}
+        live = {job: {p.pid for p in procs.get(job, ()) if p.alive} for job in self._jobs}
+        owned = {job: [g for g in snap.gpus if self._configured(job, g)
+                       or live[job].intersection(g.processes)] for job in self._jobs}
+        self._adopt_invisible(snap, live, owned)
         for job in self._jobs:
-            pids = {p.pid for p in procs.get(job, ()) if p.alive}
-            gpus = [g for g in snap.gpus if pids.intersection(g.processes)]
+            pids = live[job]
+            gpus = owned[job]
             count.add_metric([job], float(len(gpus)))
             if not gpus:
                 continue
@@ -114,6 +130,24 @@ class GpuCollector:
             if limits:
                 limit.add_metric([job], sum(limits))
         yield from (count, held, util, mem, power, limit)
+
+
+    def _configured(self, job: str, g: GpuReading) -> bool:
+        mine = self._assigned.get(job, frozenset())
+        return "all" in mine or str(g.index) in mine or g.uuid in mine
+
+    def _adopt_invisible(self, snap: GpuSnapshot, live: Mapping[str, set[int]],
+                         owned: dict[str, list[GpuReading]]) -> None:
+        """Give GPUs whose compute pids this namespace cannot see to the only live job."""
+        running = [job for job in self._jobs if live[job]]
+        if len(running) != 1:
+            return
+        claimed = {g.index for gpus in owned.values() for g in gpus}
+        for g in snap.gpus:
+            if g.index in claimed or not g.processes:
+                continue
+            if not any(psutil.pid_exists(pid) for pid in g.processes):
+                owned[running[0]].append(g)
 
 
 def _job_memory(g: GpuReading, pids: set[int]) -> int:

@@ -189,3 +189,46 @@ def test_failing_process_source_is_reported_by_each_user() -> None:
         scrape.processes()
     with pytest.raises(PermissionError):
         scrape.processes()
+
+
+# A pid no process here can have (above Linux's pid_max): how host pids look from
+# inside a container, where NVML reports the host's pid namespace.
+INVISIBLE = 99_999_999
+
+
+def test_configured_gpus_belong_to_the_job_without_pids(fake_gpus: FakeGPUs,
+                                                        session: NvmlSession) -> None:
+    fake_gpus.add(2)
+    fake_gpus.update(1, utilization=40, power_mw=300000)
+    jobs = {"a": [proc(100)], "b": [proc(200)]}
+    cs = CollectorSet([ProcessCollector(list(jobs)),
+                       GpuCollector(list(jobs), session, {"a": ["1"], "b": ["all"]})],
+                      processes=lambda: jobs)
+    m = metrics_of(cs)
+    assert value(m, "trainguard_job_gpus", training_job="a") == 1
+    assert value(m, "trainguard_job_gpu", training_job="a", gpu="1",
+                 uuid=fake_gpus.read(1)["uuid"]) == 1
+    assert value(m, "trainguard_job_gpu_utilization_ratio", training_job="a") == \
+        pytest.approx(0.40)
+    assert value(m, "trainguard_job_gpus", training_job="b") == 2
+
+
+def test_invisible_pids_go_to_the_only_live_job(fake_gpus: FakeGPUs,
+                                                session: NvmlSession) -> None:
+    fake_gpus.add(1, utilization=97, power_mw=480000)
+    fake_gpus.set_processes(0, {INVISIBLE: 8 << 30})
+    jobs = {"a": [proc(os.getpid())], "b": []}
+    m = metrics_of(make_set(session, jobs))
+    assert value(m, "trainguard_job_gpus", training_job="a") == 1
+    assert value(m, "trainguard_job_gpus", training_job="b") == 0
+    assert value(m, "trainguard_job_gpu_power_watts", training_job="a") == pytest.approx(480.0)
+
+
+def test_invisible_pids_are_not_guessed_between_two_live_jobs(fake_gpus: FakeGPUs,
+                                                              session: NvmlSession) -> None:
+    fake_gpus.add(1, utilization=97)
+    fake_gpus.set_processes(0, {INVISIBLE: 8 << 30})
+    jobs = {"a": [proc(os.getpid())], "b": [proc(os.getppid())]}
+    m = metrics_of(make_set(session, jobs))
+    assert value(m, "trainguard_job_gpus", training_job="a") == 0
+    assert value(m, "trainguard_job_gpus", training_job="b") == 0
