@@ -290,7 +290,8 @@ class Store:
 
     def actions(self, incident_id: int | None = None, job: str | None = None,
                 limit: int = 1000) -> list[Action]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if incident_id is not None:
             where.append("incident_id=?")
             args.append(incident_id)
