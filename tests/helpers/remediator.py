@@ -155,9 +155,11 @@ class Client:
         self.token = token
         self.http = requests.Session()
 
-    def post_alert(self, body: Any, token: str | None = None, **kw: Any) -> requests.Response:
-        headers = {"Authorization": f"Bearer {token if token is not None else self.token}"}
-        if isinstance(body, bytes | str):
+    def post_alert(self, body: Any, token: str | None = None,
+                   headers: dict[str, str] | None = None, **kw: Any) -> requests.Response:
+        headers = {**(headers or {}),
+                   "Authorization": f"Bearer {token if token is not None else self.token}"}
+        if not isinstance(body, dict | list):
             return self.http.post(self.url + "/alerts", data=body, headers=headers,
                                   timeout=10, **kw)
         return self.http.post(self.url + "/alerts", json=body, headers=headers, timeout=10, **kw)
