@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("remediator")
 
 
-class _Stop(Exception):
-    pass
+class _Stop(SystemExit):
+    """Raised by the SIGTERM handler; a SystemExit so waitress's loop lets it through."""
 
 
 def register(registry: CommandRegistry) -> None:

@@ -306,7 +306,7 @@ class Remediator:
         dry = rc.dry_run
         if procs:
             ev = kill_mod.evidence(procs)
-            self.store.add_evidence(inc.id, "processes", ev)
+            self.store.add_evidence(inc.id, "processes", ev, extend=True)
             pids = [p.pid for p in procs]
             if dry:
                 self._note(job, inc, "kill", "dry_run", f"would stop pids {pids}")
@@ -375,7 +375,7 @@ class Remediator:
             self.store.set_state(inc.id, "done", outcome="failed", reason=str(exc))
             return
         self.store.update_job(job.name, last_remediation=time.time(),
-                              last_process_start=launched.create_time, last_pid=launched.pid)
+                              last_process_start=launched.started, last_pid=launched.pid)
         frm = f"from {choice.path} (step {choice.step})" if choice.path else "from scratch"
         self._note(job, inc, action, "started",
                    f"pid {launched.pid} {frm}: {argv} in {launch.workdir}, {where}{fixes}")

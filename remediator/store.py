@@ -256,11 +256,17 @@ class Store:
                              "starts_at=?", (job, alertname, starts_at)).fetchone()
         return _incident(row) if row else None
 
-    def add_evidence(self, incident_id: int, key: str, value: Any) -> None:
+    def add_evidence(self, incident_id: int, key: str, value: Any, *,
+                     extend: bool = False) -> None:
+        """Set ``evidence[key]``; with ``extend``, append to the list already there (an
+        incident re-checked after a remediator restart keeps the first attempt's evidence).
+        """
         with self._tx() as db:
             row = db.execute("SELECT evidence FROM incidents WHERE id=?",
                              (incident_id,)).fetchone()
             ev = json.loads(row["evidence"]) if row and row["evidence"] else {}
+            if extend and isinstance(ev.get(key), list) and isinstance(value, list):
+                value = ev[key] + value
             ev[key] = value
             db.execute("UPDATE incidents SET evidence=?, updated=? WHERE id=?",
                        (json.dumps(ev), time.time(), incident_id))

@@ -79,6 +79,28 @@ def evidence(processes: Iterable[JobProcess], py_spy_timeout: float = PY_SPY_TIM
     return out
 
 
+def _still_running(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """Drop zombies: they have exited and only wait for a parent (not us) to reap them."""
+    out = []
+    for p in procs:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except (psutil.Error, OSError):
+            continue
+    return out
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every process has exited (zombies count as exited); the survivors."""
+    deadline = time.monotonic() + timeout
+    still = _still_running(procs)
+    while still and time.monotonic() < deadline:
+        _gone, alive_ = psutil.wait_procs(still, timeout=min(0.2, timeout))
+        still = _still_running(alive_)
+    return still
+
+
 def _signal(procs: Iterable[JobProcess], sig: signal.Signals) -> list[psutil.Process]:
     sent: list[psutil.Process] = []
     for p in procs:
@@ -153,12 +175,12 @@ def kill_job(job: JobConfig, grace: float, gpu_timeout: float,
         all_pids.update(p.pid for p in procs)
         termed = _signal(procs, signal.SIGTERM)
         result.terminated.extend(p.pid for p in termed)
-        _gone, still = psutil.wait_procs(termed, timeout=grace)
+        still = _wait_gone(termed, grace)
         # Children of the tree that were not in the scan (spawned just now) get the same.
         still_jp = [p for p in procs if p.pid in {s.pid for s in still}]
         killed = _signal(still_jp, signal.SIGKILL)
         result.killed.extend(p.pid for p in killed)
-        _gone, still = psutil.wait_procs(killed, timeout=max(5.0, grace))
+        still = _wait_gone(killed, max(5.0, grace))
         if still:
             result.survivors = [p.pid for p in still]
     leftover = alive(job_processes(job))

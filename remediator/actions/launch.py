@@ -45,7 +45,10 @@ class LaunchError(Exception):
 @dataclass(frozen=True)
 class Launched:
     pid: int
-    create_time: float
+    create_time: float   # psutil's, for recognising this very process (pid reuse)
+    started: float       # time.time() right before the start: compared with alert times,
+    #                      since create_time derives from a whole-second boot time and can
+    #                      be ~1 s off the wall clock Prometheus and Alertmanager use
     argv: tuple[str, ...]
     log_file: Path
     cwd: Path
@@ -96,6 +99,7 @@ def start(job: JobConfig, argv: Sequence[str], env: Mapping[str, str]) -> Launch
         out.write(f"\n# trainguard: starting {' '.join(argv)} in {cwd} at "
                   f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         out.flush()
+        started = time.time()
         proc = subprocess.Popen(list(argv), cwd=str(cwd), env=dict(env),
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)
@@ -108,7 +112,7 @@ def start(job: JobConfig, argv: Sequence[str], env: Mapping[str, str]) -> Launch
         created = psutil.Process(proc.pid).create_time()
     except (psutil.Error, OSError):
         created = time.time()
-    return Launched(proc.pid, created, tuple(argv), logfile, cwd)
+    return Launched(proc.pid, created, started, tuple(argv), logfile, cwd)
 
 
 def _running(launched: Launched) -> bool:

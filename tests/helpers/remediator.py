@@ -75,8 +75,12 @@ class Run:
 
 
 def make_run(base: Path, name: str, *, steps: int = 30, save_every: int = 10,
-             step_seconds: float = 0.05, extra: tuple[str, ...] = ()) -> Run:
-    """Lay out a FluxGym root under ``base`` with one run; ``extra`` are trainer flags."""
+             step_seconds: float = 0.05, extra: tuple[str, ...] = (), once: bool = True) -> Run:
+    """Lay out a FluxGym root under ``base`` with one run; ``extra`` are trainer flags.
+
+    With ``once`` (the default) a failure flag fires only in the first run, so the resumed
+    run goes on; without it every run fails the same way.
+    """
     root = base / "fluxgym"
     (root / "sd-scripts").mkdir(parents=True, exist_ok=True)
     trainer = root / "sd-scripts" / "flux_train_network.py"
@@ -95,7 +99,7 @@ def make_run(base: Path, name: str, *, steps: int = 30, save_every: int = 10,
         f"  --output_name {name}",
         f"  --max_train_steps {steps} --save_every_n_steps {save_every}",
         f"  --step_seconds {step_seconds}",
-        f'  --record "{record}" --once_marker "{marker}"',
+        f'  --record "{record}"' + (f' --once_marker "{marker}"' if once else ""),
         *(f"  {flag}" for flag in extra),
         "  --loss_type l2",
         "  --save_state",

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-
 from helpers.common import wait_for
 from helpers.remediator import (
     TOKEN,
