@@ -35,6 +35,7 @@ done twice, and nothing half-done is left.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import queue
@@ -455,9 +456,8 @@ class Remediator:
                                                "problems": [detail]})
                         continue
             fixes: dict[str, str] = {}
-            if env is not None:
-                from trainguard.checkpoint import compat
-
+            compat = _optional("trainguard.checkpoint.compat")
+            if env is not None and compat is not None:
                 v = compat.verdict(info, env)
                 fixes = dict(v.env_fixes)
                 if not v.loads and not fixes:
@@ -476,9 +476,8 @@ class Remediator:
 
     def _environment(self, job: JobConfig) -> Any:
         """The versions the resumed run will import (see actions/launch.py), or None."""
-        try:
-            from trainguard.checkpoint import compat
-        except ImportError:
+        compat = _optional("trainguard.checkpoint.compat")
+        if compat is None:
             return None
         python = launch_mod.find_python(job, launch_mod.run_env(job, {}))
         try:
@@ -492,16 +491,26 @@ class Remediator:
 
 def _repair(path: Path) -> tuple[bool, str]:
     """Repair one checkpoint through :mod:`remediator.repair` (backup first, atomic)."""
-    try:
-        from . import repair
-    except ImportError as exc:
-        return False, f"repair is not available: {exc}"
+    repair = _optional("remediator.repair")
+    if repair is None:
+        return False, "repair is not available (remediator.repair did not import)"
     try:
         plan = repair.plan_repair(path)
         result = repair.apply_repair(plan)
     except Exception as exc:
         return False, f"{type(exc).__name__}: {exc}"
     return True, str(result)
+
+
+def _optional(module: str) -> Any:
+    """Import a module that may be missing (being written in parallel, or torch-less
+    installs for repair); None when it is not there.  Typed Any on purpose: callers use
+    only the names HACKING.md documents."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        log.debug("%s not importable: %s", module, exc)
+        return None
 
 
 def _fmt(ts: float | None) -> str:
