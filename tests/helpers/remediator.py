@@ -9,6 +9,7 @@ the wrong folder fails for real.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -213,12 +214,19 @@ def thread_server(config_path: Path) -> Iterator[Client]:
     app = create_app(load_config(config_path))
     server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4)
     port = server.socket.getsockname()[1]  # type: ignore[union-attr]
-    t = threading.Thread(target=server.run, daemon=True)
+
+    def serve() -> None:
+        # closed under select() raises: that is how waitress ends when closed from outside
+        with contextlib.suppress(OSError, ValueError):
+            server.run()
+
+    t = threading.Thread(target=serve, daemon=True)
     t.start()
     try:
         yield Client(f"http://127.0.0.1:{port}")
     finally:
         server.close()
+        t.join(5)
         remediator_of(app).stop()
         remediator_of(app).store.close()
 

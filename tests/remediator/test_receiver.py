@@ -182,3 +182,16 @@ def test_refuses_to_start_without_a_token_file(tmp_path: Path) -> None:
                          env={"PATH": str(Path(__import__("sys").executable).parent)})
     assert res.returncode == 2
     assert "token_file" in res.stderr
+
+
+def test_reset_cli_unknown_job_is_exit_2(tmp_path: Path) -> None:
+    import sys
+
+    run = make_run(tmp_path, "a")
+    cfg = write_config(tmp_path, [run])
+    res = subprocess.run([str(Path(sys.executable).parent / "trainguard"), "remediator",
+                          "reset", "nope", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert "'nope'" in res.stderr and "configured: a" in res.stderr
+    assert "Traceback" not in res.stderr

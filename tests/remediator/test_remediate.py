@@ -252,3 +252,50 @@ def test_crash_after_every_resume_spends_the_budget_and_says_so(tmp_path: Path) 
             assert "had given up" in res.stdout
     finally:
         cleanup(run)
+
+
+def test_no_checkpoint_restarts_from_scratch_with_the_users_script(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "early", steps=20, extra=("--hang_at_step 3",))
+    proc, hung_pids = start_hung(run)
+    config = write_config(tmp_path, [run])
+    try:
+        with thread_server(config) as client:
+            client.post_alert(payload(run.name))
+            wait_for(lambda: run.events("finish"), timeout=120, what="the restarted run")
+            (inc,) = client.settled(run.name)
+        assert inc["outcome"] == "restarted"
+        assert alive_pids(hung_pids) == set()
+        starts = run.events("start")
+        assert len(starts) == 2 and starts[1]["resume"] is None and starts[1]["step"] == 0
+        assert not resumed_copy_path(run.script).exists()
+        restart = next(a for a in inc["actions"] if a["action"] == "restart")
+        assert str(run.script) in restart["detail"]
+    finally:
+        cleanup(run)
+        proc.wait(10)
+
+
+def test_resolved_alert_cancels_an_incident_still_waiting(tmp_path: Path) -> None:
+    # A save that never finishes looks "writing" (fresh, no RNG file): the incident waits.
+    run = make_run(tmp_path, "saving", steps=30, extra=("--die_during_save_at_step 10",))
+    proc, hung_pids = start_hung(run)
+    config = write_config(tmp_path, [run], saving_wait_seconds=60)
+    try:
+        with thread_server(config) as client:
+            firing = payload(run.name)
+            client.post_alert(firing)
+            wait_for(lambda: client.incidents(run.name)[0]["state"] == "waiting", timeout=20,
+                     what="the incident to wait for the save")
+            resolved = payload(run.name, status="resolved")
+            resolved["alerts"][0]["startsAt"] = firing["alerts"][0]["startsAt"]
+            r = client.post_alert(resolved)
+            assert r.json()["alerts"][0]["decision"] == "cancelled"
+            (inc,) = client.settled(run.name, timeout=10)
+            time.sleep(1.0)  # the worker notices within its poll interval
+            inc = client.incidents(run.name)[0]
+        assert inc["state"] == "cancelled"
+        assert not [a for a in inc["actions"] if a["action"] in ("kill", "resume", "restart")]
+        assert alive_pids(hung_pids) == hung_pids
+    finally:
+        cleanup(run)
+        proc.wait(10)
