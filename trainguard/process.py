@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,11 +133,57 @@ def _matches(t: _Targets, cmdline: Sequence[str], cwd: str | None) -> bool:
     return False
 
 
-def _cwd(proc: psutil.Process) -> str | None:
+def _cwd_of(pid: int) -> str | None:
     try:
-        return proc.cwd()
+        return psutil.Process(pid).cwd()
     except (psutil.Error, OSError):
         return None
+
+
+_PROC = Path("/proc")
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_STATES = {"R": psutil.STATUS_RUNNING, "S": psutil.STATUS_SLEEPING,
+           "D": psutil.STATUS_DISK_SLEEP, "T": psutil.STATUS_STOPPED,
+           "t": psutil.STATUS_TRACING_STOP, "Z": psutil.STATUS_ZOMBIE,
+           "X": psutil.STATUS_DEAD, "x": psutil.STATUS_DEAD, "I": psutil.STATUS_IDLE,
+           "W": psutil.STATUS_WAKING, "K": "wake-kill", "P": psutil.STATUS_PARKED}
+
+
+def _read_stat(pid: int) -> tuple[int, str, int, str] | None:
+    """(ppid, state letter, start time in clock ticks, comm) from /proc/PID/stat."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    head, _, rest = data.rpartition(b")")  # comm may hold spaces and parentheses
+    fields = rest.split()
+    if len(fields) < 20:
+        return None
+    comm = head.partition(b"(")[2].decode("utf-8", "replace")
+    return int(fields[1]), fields[0].decode(), int(fields[19]), comm
+
+
+def _read_cmdline(pid: int) -> tuple[str, ...] | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return tuple(a.decode("utf-8", "surrogateescape") for a in data.rstrip(b"\0").split(b"\0")
+                 if data)
+
+
+def _scan_psutil(exclude: set[int]) -> Iterator[JobProcess]:
+    for proc in psutil.process_iter(_ATTRS):
+        info = proc.info
+        pid = info.get("pid")
+        if not isinstance(pid, int) or pid in exclude:
+            continue
+        yield JobProcess(pid=pid, ppid=int(info.get("ppid") or 0),
+                         create_time=float(info.get("create_time") or 0.0),
+                         cmdline=tuple(info.get("cmdline") or ()),
+                         status=str(info.get("status") or "unknown"))
 
 
 class ProcessMatcher:
@@ -149,6 +195,38 @@ class ProcessMatcher:
     def __init__(self, jobs: Sequence[JobConfig], *, exclude_pids: Iterable[int] = ()) -> None:
         self._targets = [_targets(j) for j in jobs]
         self._exclude = set(exclude_pids)
+        # (pid, start ticks, comm) -> cmdline: a process's arguments do not change, so
+        # each scrape reads only /proc/PID/stat for processes it has seen before.  exec()
+        # changes comm, which makes a new key.
+        self._cmdlines: dict[tuple[int, int, str], tuple[str, ...]] = {}
+
+    def _scan(self, exclude: set[int]) -> Iterator[JobProcess]:
+        """Every process once.  Linux: /proc with the cmdline cache; elsewhere: psutil."""
+        if not _PROC.is_dir():
+            yield from _scan_psutil(exclude)
+            return
+        boot = psutil.boot_time()
+        fresh: dict[tuple[int, int, str], tuple[str, ...]] = {}
+        for entry in os.scandir(_PROC):
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            if pid in exclude:
+                continue
+            stat = _read_stat(pid)
+            if stat is None:
+                continue
+            ppid, state, ticks, comm = stat
+            key = (pid, ticks, comm)
+            cmdline = self._cmdlines.get(key)
+            if cmdline is None:
+                cmdline = _read_cmdline(pid)
+                if cmdline is None:
+                    continue
+            fresh[key] = cmdline
+            yield JobProcess(pid, ppid, boot + ticks / _CLK_TCK, cmdline,
+                             _STATES.get(state, "unknown"))
+        self._cmdlines = fresh
 
     def match(self) -> dict[str, list[JobProcess]]:
         """``{job name: [JobProcess, ...]}`` with every configured job as a key.
@@ -161,20 +239,9 @@ class ProcessMatcher:
         seen: dict[int, JobProcess] = {}
         children: dict[int, list[int]] = {}
         roots: dict[str, list[int]] = {t.name: [] for t in self._targets}
-        for proc in psutil.process_iter(_ATTRS):
-            info = proc.info
-            pid = info.get("pid")
-            if not isinstance(pid, int) or pid in exclude:
-                continue
-            jp = JobProcess(
-                pid=pid,
-                ppid=int(info.get("ppid") or 0),
-                create_time=float(info.get("create_time") or 0.0),
-                cmdline=tuple(info.get("cmdline") or ()),
-                status=str(info.get("status") or "unknown"),
-            )
-            seen[pid] = jp
-            children.setdefault(jp.ppid, []).append(pid)
+        for jp in self._scan(exclude):
+            seen[jp.pid] = jp
+            children.setdefault(jp.ppid, []).append(jp.pid)
             if not jp.cmdline:
                 continue
             joined = "\x00".join(jp.cmdline)
@@ -184,9 +251,9 @@ class ProcessMatcher:
                 if not any(n in joined for n in t.needles):
                     continue
                 if not cwd_read:
-                    cwd, cwd_read = _cwd(proc), True
+                    cwd, cwd_read = _cwd_of(jp.pid), True
                 if _matches(t, jp.cmdline, cwd):
-                    roots[t.name].append(pid)
+                    roots[t.name].append(jp.pid)
         result: dict[str, list[JobProcess]] = {}
         for name, pids in roots.items():
             result[name] = _with_descendants(pids, seen, children)
