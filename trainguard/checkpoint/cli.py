@@ -1,12 +1,152 @@
-"""`trainguard checkpoint list|inspect|latest` (placeholder until the doctor lands)."""
+"""`trainguard checkpoint list|inspect|latest`: the read-only doctor on the command line.
+
+Exit codes (DESIGN.md §2): 0 the answer is good (inspect: valid; latest: found one;
+list: listed), 1 invalid or nothing usable, 2 usage error such as a missing folder.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainguard.checkpoint.doctor import DEFAULT_WRITING_FRESH_SECONDS, inspect_checkpoint
+from trainguard.checkpoint.model import CheckpointInfo, Status
+from trainguard.checkpoint.scanner import list_checkpoints
 
 if TYPE_CHECKING:
     from trainguard.cli import CommandRegistry
 
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+def _usage(message: str) -> int:
+    print(f"trainguard: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _folder(text: str, what: str) -> Path | str:
+    """The absolute folder, or the one-line reason it is not usable."""
+    path = Path(text).expanduser().absolute()
+    if not path.exists():
+        return f"{what} {path}: no such folder"
+    if not path.is_dir():
+        return f"{what} {path}: not a folder"
+    return path
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def format_table(infos: list[CheckpointInfo]) -> str:
+    """A readable table, one line per checkpoint, problems indented below."""
+    rows = [("STEP", "STATUS", "FROM", "WRITTEN", "NAME")]
+    for i in infos:
+        rows.append((str(i.step) if i.step is not None else "-", i.status.value,
+                     i.step_source or "-", _when(i.mtime), i.name))
+    widths = [max(len(r[c]) for r in rows) for c in range(4)]
+    lines = []
+    for n, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True))
+                     + "  " + row[4])
+        if n:
+            lines.extend(f"    - {p}" for p in infos[n - 1].problems)
+    return "\n".join(lines)
+
+
+def format_details(info: CheckpointInfo, extra: dict[str, Any] | None = None) -> str:
+    """One checkpoint in depth, for `inspect` and `latest`."""
+    lines = [
+        f"path:        {info.path}",
+        f"status:      {info.status.value}",
+        f"step:        {info.step if info.step is not None else '-'}"
+        f"{f' (from {info.step_source})' if info.step_source else ''}",
+        f"epoch:       {info.epoch if info.epoch is not None else '-'}",
+        f"train_state: {info.train_state_step if info.train_state_step is not None else '-'}",
+        f"rng step:    {info.rng_step if info.rng_step is not None else '-'}",
+        f"numpy names: {info.numpy_module or '-'}",
+        f"written:     {_when(info.mtime)}",
+    ]
+    if info.problems:
+        lines.append("problems:")
+        lines.extend(f"  - {p}" for p in info.problems)
+    for key, value in (extra or {}).items():
+        lines.append(f"{key}: {value}")
+    return "\n".join(lines)
+
+
+def _emit(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    folder = _folder(args.output_dir, "output folder")
+    if isinstance(folder, str):
+        return _usage(folder)
+    infos = list_checkpoints(folder, writing_fresh_seconds=args.writing_fresh_seconds)
+    if args.json:
+        _emit([i.to_json() for i in infos])
+    elif infos:
+        print(format_table(infos))
+    else:
+        print(f"no checkpoints in {folder}")
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    folder = _folder(args.checkpoint_dir, "checkpoint folder")
+    if isinstance(folder, str):
+        return _usage(folder)
+    info = inspect_checkpoint(folder, writing_fresh_seconds=args.writing_fresh_seconds)
+    if args.json:
+        _emit(info.to_json())
+    else:
+        print(format_details(info))
+    return EXIT_OK if info.status is Status.VALID else EXIT_INVALID
+
+
+def cmd_latest(args: argparse.Namespace) -> int:
+    folder = _folder(args.output_dir, "output folder")
+    if isinstance(folder, str):
+        return _usage(folder)
+    infos = list_checkpoints(folder, writing_fresh_seconds=args.writing_fresh_seconds)
+    best = next((i for i in infos if i.usable), None)
+    if best is None:
+        skipped = ", ".join(f"{i.name} ({i.status.value})" for i in infos) or "none found"
+        print(f"trainguard: no usable checkpoint in {folder}: {skipped}", file=sys.stderr)
+        if args.json:
+            _emit(None)
+        return EXIT_INVALID
+    if args.json:
+        _emit(best.to_json())
+    else:
+        print(format_details(best))
+    return EXIT_OK
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--writing-fresh-seconds", type=float, default=DEFAULT_WRITING_FRESH_SECONDS,
+                   metavar="S", help="an incomplete folder younger than this is a save in "
+                                     "progress (default %(default)s)")
+
 
 def register(registry: CommandRegistry) -> None:
     """Add the read-only checkpoint sub-commands."""
+    sub = registry.checkpoint
+    p = sub.add_parser("list", help="every checkpoint in an output folder, newest step first")
+    p.add_argument("output_dir", metavar="OUTPUT_DIR")
+    _common(p)
+    p.set_defaults(handler=cmd_list)
+    p = sub.add_parser("inspect", help="one checkpoint in depth (exit 0 only when valid)")
+    p.add_argument("checkpoint_dir", metavar="CKPT_DIR")
+    _common(p)
+    p.set_defaults(handler=cmd_inspect)
+    p = sub.add_parser("latest", help="the newest usable checkpoint (exit 1 if none)")
+    p.add_argument("output_dir", metavar="OUTPUT_DIR")
+    _common(p)
+    p.set_defaults(handler=cmd_latest)

@@ -1,0 +1,210 @@
+"""Inspect one checkpoint folder: whole or not, which step, safe to load or not.
+
+Never imports torch, never unpickles with real globals, never reads tensor data: the
+cost is a few stats, two headers, a few 98-byte tails and one ~8 KB RNG pickle, the same
+for a 1 MB LoRA and a 20 GB model.
+
+Files accelerate's ``save_state`` writes, in order (accelerate/checkpointing.py
+``save_accelerator_state``): pre-hooks (sd-scripts' train_state.json), model weights,
+optimizer, scheduler, sampler/dataloader/scaler, ``random_states_{rank}.pkl``, custom
+objects.  The RNG file comes last, so its presence marks a finished save; a folder
+without it is either being written (fresh) or a dead half-save (old).
+
+Decisions where the format leaves room:
+* weights: at least one of model*.safetensors, pytorch_model*.bin or a sharded
+  ``*.index.json``.  optimizer.bin is required (a training state without optimizer
+  cannot resume training).  scheduler.bin is optional: a run without a scheduler has
+  none, and once the RNG file exists the scheduler, written before it, cannot be
+  "still coming".
+* step: train_state.json's ``current_step`` (steps done, sd-scripts' hook), else the step
+  in the folder name, else the RNG file's ``step``.  The name ranks above the RNG step
+  because accelerate's ``step`` is its own micro-batch counter, reset at every
+  dataloader end (Accelerator._do_sync): in diffusers runs it is not the global step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainguard.checkpoint.formats import check_safetensors, check_torch_zip
+from trainguard.checkpoint.model import CheckpointInfo, Status
+from trainguard.checkpoint.names import parse_name
+from trainguard.checkpoint.rng import RngFileError, UnsafePickleError, read_rng_state
+
+DEFAULT_WRITING_FRESH_SECONDS = 300.0
+
+_SAFE_WEIGHTS = re.compile(r"^model(_\d+)?\.safetensors$")
+_SHARD_INDEX = re.compile(r"^.+\.safetensors\.index\.json$|^pytorch_model.*\.bin\.index\.json$")
+_TORCH_FILES = re.compile(
+    r"^(pytorch_model(_\d+)?\.bin|optimizer(_\d+)?\.bin|scheduler(_\d+)?\.bin"
+    r"|sampler(_\d+)?\.bin|dl_state_dict(_\d+)?\.bin|scaler\.pt"
+    r"|random_states_\d+\.pkl|custom_checkpoint_\d+\.pkl)$")
+_RNG = re.compile(r"^random_states_(\d+)\.pkl$")
+_OPTIMIZER = re.compile(r"^optimizer(_\d+)?\.bin$")
+_BIN_WEIGHTS = re.compile(r"^pytorch_model(_\d+)?\.bin$")
+
+
+@dataclass
+class _Findings:
+    incomplete: list[str] = field(default_factory=list)  # what a save in progress looks like
+    broken: list[str] = field(default_factory=list)      # wrong whatever the time
+    defects: list[str] = field(default_factory=list)     # repairable
+
+
+def _read_train_state(path: Path, out: _Findings) -> tuple[int | None, int | None]:
+    """(current_step, current_epoch) from sd-scripts' train_state.json, if present."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        out.broken.append(f"train_state.json cannot be read: {exc.strerror or exc}")
+        return None, None
+    if not raw:
+        out.incomplete.append("train_state.json is empty (0 bytes)")
+        return None, None
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        out.incomplete.append("train_state.json is not valid JSON (cut short?)")
+        return None, None
+    if not isinstance(data, dict):
+        out.broken.append("train_state.json is not a JSON object")
+        return None, None
+
+    def num(key: str) -> int | None:
+        v = data.get(key)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            out.broken.append(f"train_state.json: {key} is {v!r}, expected a whole number")
+            return None
+        return v
+
+    return num("current_step"), num("current_epoch")
+
+
+def _check_shards(index: Path, out: _Findings) -> None:
+    try:
+        data = json.loads(index.read_bytes())
+        shards = sorted(set(data["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        out.incomplete.append(f"{index.name} is not a valid shard index")
+        return
+    for shard in shards:
+        p = index.parent / str(shard)
+        if "/" in str(shard) or not p.is_file():
+            out.incomplete.append(f"{shard} (named in {index.name}) is missing")
+            continue
+        check = check_safetensors if str(shard).endswith(".safetensors") else check_torch_zip
+        if err := check(p):
+            out.incomplete.append(err)
+
+
+def inspect_checkpoint(path: Path, *, now: float | None = None,
+                       writing_fresh_seconds: float = DEFAULT_WRITING_FRESH_SECONDS
+                       ) -> CheckpointInfo:
+    """Inspect one checkpoint folder.  Raises FileNotFoundError / NotADirectoryError."""
+    path = Path(path).absolute()
+    if not path.is_dir():
+        if path.exists():
+            raise NotADirectoryError(f"{path}: not a folder")
+        raise FileNotFoundError(f"{path}: no such folder")
+    now = time.time() if now is None else now
+    files: dict[str, os.stat_result] = {}
+    with os.scandir(path) as it:
+        for entry in it:
+            if entry.is_file():
+                files[entry.name] = entry.stat()
+    mtime = max((st.st_mtime for st in files.values()), default=0.0)
+    out = _Findings()
+
+    train_step, train_epoch = _read_train_state(path / "train_state.json", out)
+
+    # Weights.
+    weights = [n for n in files if _SAFE_WEIGHTS.match(n) or _BIN_WEIGHTS.match(n)
+               or _SHARD_INDEX.match(n)]
+    if not weights:
+        out.incomplete.append("no model weights (model.safetensors or pytorch_model.bin)")
+    for name in sorted(files):
+        if _SAFE_WEIGHTS.match(name):
+            if err := check_safetensors(path / name):
+                out.incomplete.append(err)
+        elif _SHARD_INDEX.match(name):
+            _check_shards(path / name, out)
+        elif (_TORCH_FILES.match(name) and not _RNG.match(name)
+              and (err := check_torch_zip(path / name))):
+            out.incomplete.append(err)
+    if not any(_OPTIMIZER.match(n) for n in files):
+        out.incomplete.append("optimizer.bin is missing")
+
+    # RNG files: the "save finished" marker, and accelerate's step.
+    rng_step: int | None = None
+    numpy_module: str | None = None
+    rng_files = sorted((n for n in files if _RNG.match(n)),
+                       key=lambda n: int(_RNG.match(n)[1]))  # type: ignore[index]
+    if "random_states_0.pkl" not in files:
+        out.incomplete.append("random_states_0.pkl is missing (the save did not finish)")
+    for name in rng_files:
+        if err := check_torch_zip(path / name):
+            out.incomplete.append(err)
+            continue
+        try:
+            state = read_rng_state(path / name)
+        except UnsafePickleError as exc:
+            out.broken.append(f"{name}: {exc}")
+            continue
+        except RngFileError as exc:
+            out.broken.append(f"{name} {exc}")
+            continue
+        if name == "random_states_0.pkl":
+            rng_step, numpy_module = state.step, state.numpy_module
+
+    # Step consistency (seed 000): sd-scripts never set accelerator.step, so its RNG file
+    # says 0 while train_state.json says how many steps were done.  A positive RNG step
+    # that differs is accelerate's micro-batch counter (gradient accumulation, reset per
+    # epoch): legitimate, and rewriting it would be wrong.
+    if train_step is not None and rng_step == 0 and train_step > 0:
+        out.defects.append(
+            f"random_states_0.pkl has step 0 but train_state.json says {train_step}: "
+            f"accelerate would restart its step counter at 0 (repair rewrites it to "
+            f"{train_step})")
+
+    parsed = parse_name(path.name)
+    step: int | None
+    source: str | None
+    if train_step is not None:
+        step, source = train_step, "train_state.json"
+    elif parsed is not None and parsed.step is not None:
+        step, source = parsed.step, "name"
+    elif rng_step is not None:
+        step, source = rng_step, "random_states"
+    else:
+        step, source = None, None
+    epoch = train_epoch if train_epoch is not None else (parsed.epoch if parsed else None)
+
+    if out.broken:
+        status = Status.INVALID
+    elif out.incomplete:
+        fresh = bool(files) and now - mtime < writing_fresh_seconds
+        status = Status.WRITING if fresh else Status.INVALID
+    elif out.defects:
+        status = Status.REPAIRABLE
+    else:
+        status = Status.VALID
+    problems = tuple(out.broken + out.incomplete + out.defects)
+    if status is Status.WRITING:
+        problems += (f"newest file is {now - mtime:.0f}s old: probably a save in progress",)
+    elif status is Status.INVALID and out.incomplete and not out.broken and files:
+        problems += (f"newest file is {now - mtime:.0f}s old: a save that died, "
+                     f"not one in progress",)
+    return CheckpointInfo(
+        path=path, name=path.name, step=step, step_source=source, epoch=epoch,
+        status=status, problems=problems, mtime=mtime, rng_step=rng_step,
+        train_state_step=train_step, numpy_module=numpy_module,
+        final=parsed.final if parsed else False)

@@ -1,0 +1,44 @@
+"""Which folders in an output folder are checkpoints, and what their names say.
+
+Names (DESIGN.md §4, sd-scripts library/train_util.py EPOCH_STATE_NAME /
+STEP_STATE_NAME / LAST_STATE_NAME; diffusers examples' ``checkpoint-{global_step}``):
+
+    {name}-step{step:08d}-state   a step save        -> step
+    {name}-{epoch:06d}-state      an epoch-end save  -> epoch only
+    {name}-state                  end of training    -> neither; sorts after equal steps
+    checkpoint-{N}                accelerate/diffusers -> step
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_STEP = re.compile(r"^(?P<name>.+)-step(?P<step>\d+)-state$")
+_EPOCH = re.compile(r"^(?P<name>.+)-(?P<epoch>\d+)-state$")
+_LAST = re.compile(r"^(?P<name>.+)-state$")
+_CKPT = re.compile(r"^checkpoint-(?P<step>\d+)$")
+
+
+@dataclass(frozen=True)
+class NameInfo:
+    kind: str            # "step" | "epoch" | "final" | "checkpoint"
+    step: int | None
+    epoch: int | None
+
+    @property
+    def final(self) -> bool:
+        return self.kind == "final"
+
+
+def parse_name(folder: str) -> NameInfo | None:
+    """What a folder name says, or None when it is not a checkpoint name."""
+    if m := _STEP.match(folder):
+        return NameInfo("step", int(m["step"]), None)
+    if m := _EPOCH.match(folder):
+        return NameInfo("epoch", None, int(m["epoch"]))
+    if _LAST.match(folder):
+        return NameInfo("final", None, None)
+    if m := _CKPT.match(folder):
+        return NameInfo("checkpoint", int(m["step"]), None)
+    return None
