@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainguard.checkpoint.compat import Environment, verdict
 from trainguard.checkpoint.doctor import DEFAULT_WRITING_FRESH_SECONDS, inspect_checkpoint
 from trainguard.checkpoint.model import CheckpointInfo, Status
 from trainguard.checkpoint.scanner import list_checkpoints
@@ -101,11 +102,29 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     folder = _folder(args.checkpoint_dir, "checkpoint folder")
     if isinstance(folder, str):
         return _usage(folder)
+    env = Environment.current()
+    if args.python:
+        try:
+            env = Environment.of_python(args.python)
+        except ValueError as exc:
+            return _usage(f"--python: {exc}")
     info = inspect_checkpoint(folder, writing_fresh_seconds=args.writing_fresh_seconds)
+    v = verdict(info, env)
     if args.json:
-        _emit(info.to_json())
+        _emit({**info.to_json(), "verdict": {**v.to_json(), "environment": {
+            "torch": env.torch, "accelerate": env.accelerate, "numpy": env.numpy}}})
     else:
-        print(format_details(info))
+        where = args.python or "this python"
+        extra = {f"loads with {where}": f"yes (torch {env.torch}, accelerate "
+                 f"{env.accelerate}, numpy {env.numpy})" if v.loads else "no"}
+        why = [p for p in v.problems if p not in info.problems]
+        if why:
+            extra["why"] = "; ".join(why)
+        if v.env_fixes:
+            extra["env fixes"] = " ".join(f"{k}={val}" for k, val in v.env_fixes.items())
+        if v.repairs:
+            extra["repairs"] = ", ".join(v.repairs) + " (trainguard checkpoint repair)"
+        print(format_details(info, extra))
     return EXIT_OK if info.status is Status.VALID else EXIT_INVALID
 
 
@@ -144,6 +163,8 @@ def register(registry: CommandRegistry) -> None:
     p.set_defaults(handler=cmd_list)
     p = sub.add_parser("inspect", help="one checkpoint in depth (exit 0 only when valid)")
     p.add_argument("checkpoint_dir", metavar="CKPT_DIR")
+    p.add_argument("--python", metavar="EXE", help="judge loadability for this interpreter's "
+                   "torch/accelerate/numpy (default: the one running trainguard)")
     _common(p)
     p.set_defaults(handler=cmd_inspect)
     p = sub.add_parser("latest", help="the newest usable checkpoint (exit 1 if none)")
