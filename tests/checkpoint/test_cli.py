@@ -1,0 +1,104 @@
+"""`trainguard checkpoint list|inspect|latest|repair` through the real front door."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers.checkpoints import make_accelerate_checkpoint, set_mtime
+
+from trainguard.cli import main
+
+OLD = time.time() - 3600
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    o = tmp_path / "out"
+    make_accelerate_checkpoint(o / "lora-step00000010-state", 10, mtime=OLD)
+    make_accelerate_checkpoint(o / "lora-step00000020-state", 20, rng_step=0, mtime=OLD)
+    half = make_accelerate_checkpoint(o / "lora-step00000030-state", 30)
+    (half / "random_states_0.pkl").unlink()
+    set_mtime(half, OLD)
+    return o
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["checkpoint", *argv])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_list_json(out: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, _ = run(capsys, "list", str(out), "--json")
+    rows = json.loads(stdout)
+    assert code == 0
+    assert [(r["step"], r["status"]) for r in rows] == [
+        (30, "invalid"), (20, "repairable"), (10, "valid")]
+    assert all(Path(r["path"]).is_absolute() and isinstance(r["problems"], list) for r in rows)
+
+
+def test_list_table(out: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, _ = run(capsys, "list", str(out))
+    assert code == 0
+    lines = stdout.splitlines()
+    assert lines[0].split()[:2] == ["STEP", "STATUS"]
+    assert "random_states_0.pkl is missing" in stdout
+
+
+def test_latest(out: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, _ = run(capsys, "latest", str(out), "--json")
+    assert code == 0 and json.loads(stdout)["step"] == 20
+
+
+def test_latest_none_usable_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "latest", str(tmp_path / "empty"))
+    assert code == 1 and "no usable checkpoint" in err
+
+
+@pytest.mark.parametrize("action", ["list", "inspect", "latest", "repair"])
+def test_missing_folder_is_a_usage_error(tmp_path: Path, action: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, err = run(capsys, action, str(tmp_path / "nope"))
+    assert code == 2 and stdout == ""
+    assert len(err.strip().splitlines()) == 1 and "nope" in err and "Traceback" not in err
+
+
+def test_inspect_exit_codes(out: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, _ = run(capsys, "inspect", str(out / "lora-step00000010-state"), "--json")
+    obj = json.loads(stdout)
+    assert code == 0 and obj["status"] == "valid" and obj["verdict"]["loads"] is True
+    code, _, _ = run(capsys, "inspect", str(out / "lora-step00000020-state"))
+    assert code == 1
+    code, _, _ = run(capsys, "inspect", str(out / "lora-step00000030-state"))
+    assert code == 1
+
+
+def test_repair_dry_run_then_repair(out: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    c = out / "lora-step00000020-state"
+    before = (c / "random_states_0.pkl").read_bytes()
+    code, stdout, _ = run(capsys, "repair", str(c), "--dry-run")
+    assert code == 0 and "would rewrite-rng-step" in stdout and "0 -> 20" in stdout
+    assert (c / "random_states_0.pkl").read_bytes() == before
+    code, stdout, _ = run(capsys, "repair", str(c))
+    assert code == 0 and "backup:" in stdout
+    code, stdout, _ = run(capsys, "repair", str(c))
+    assert code == 0 and "nothing to repair" in stdout
+    code, _, err = run(capsys, "repair", str(out / "lora-step00000030-state"))
+    assert code == 1 and "invalid" in err
+
+
+def test_console_script_runs_without_torch_loaded(out: Path) -> None:
+    # The doctor must work where torch is broken: it never imports it.
+    code = ("import sys; from trainguard.cli import main; "
+            "rc = main(['checkpoint', 'list', sys.argv[1], '--json']); "
+            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)) == 3
