@@ -159,3 +159,12 @@ def test_not_a_folder(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     with pytest.raises(NotADirectoryError):
         inspect_checkpoint(tmp_path / "f")
+
+
+def test_twenty_gigabyte_model_is_checked_from_its_header(ckpt: Path) -> None:
+    from helpers.checkpoints import make_sparse_safetensors
+    make_sparse_safetensors(ckpt / "model.safetensors", 20 << 30)
+    assert inspect_checkpoint(ckpt).status is Status.VALID
+    truncate(ckpt / "model.safetensors", (20 << 30) - 1)
+    set_mtime(ckpt, time.time() - 3600)
+    assert inspect_checkpoint(ckpt).status is Status.INVALID
