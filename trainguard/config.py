@@ -358,7 +358,8 @@ def parse_config(data: Any, file: Path) -> Config:
         seen.add(job.name)
     exporter = ExporterConfig() if top.get("exporter") is None else _exporter(
         r, top["exporter"], "exporter")
-    remediator = _remediator(r, top.get("remediator") or {}, "remediator")
+    raw_remediator = top.get("remediator")
+    remediator = _remediator(r, {} if raw_remediator is None else raw_remediator, "remediator")
     return Config(path=file, jobs=jobs, exporter=exporter, remediator=remediator)
 
 

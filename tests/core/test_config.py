@@ -118,3 +118,28 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
     assert "line " in err.message
     line = int(err.message.split("line ")[1].split(",")[0])
     assert 3 <= line <= 5
+
+
+def test_sections_of_the_wrong_kind_are_rejected_not_ignored(tmp_path: Path) -> None:
+    """`remediator: []` or `false` is a mistake, not "use the defaults"."""
+    from trainguard.config import ConfigError, parse_config
+
+    for bad in ([], False, 0, ""):
+        with pytest.raises(ConfigError, match=r"remediator: expected a mapping"):
+            parse_config({"jobs": [{"name": "a", "output_dir": "x"}], "remediator": bad},
+                         tmp_path / "c.yml")
+
+
+def test_job_gpus_accept_indexes_uuids_or_all(tmp_path: Path) -> None:
+    from trainguard.config import ConfigError, parse_config
+
+    def gpus(value: object) -> object:
+        return parse_config({"jobs": [{"name": "a", "output_dir": "x", "gpus": value}]},
+                            tmp_path / "c.yml").jobs[0].gpus
+
+    assert gpus([0, "GPU-1234"]) == ("0", "GPU-1234")
+    assert gpus("all") == ("all",)
+    assert gpus(None) is None
+    for bad in (["nope"], [-1], [], "some", [True]):
+        with pytest.raises(ConfigError, match=r"jobs\[0\]\.gpus"):
+            gpus(bad)
