@@ -35,7 +35,6 @@ done twice, and nothing half-done is left.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import queue
@@ -48,9 +47,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from trainguard.checkpoint import (
+    CheckpointInfo,
+    Status,
+    compat,
+    inspect_checkpoint,
+    list_checkpoints,
+)
 from trainguard.config import Config, JobConfig
 from trainguard.process import JobProcess, alive, job_processes
 
+from . import repair as repair_mod
 from .actions import kill as kill_mod
 from .actions import launch as launch_mod
 from .actions.script import ScriptError, resume_argv, write_resumed_copy
@@ -314,7 +321,10 @@ class Remediator:
             else:
                 res = kill_mod.kill_job(job, rc.kill_grace_seconds,
                                         rc.gpu_release_timeout_seconds, processes=procs)
-                self._note(job, inc, "kill", "ok" if res.ok else "failed", res.detail)
+                outcome = "ok" if res.ok else "failed"
+                if res.ok and res.gpu_released is False:
+                    outcome = "gpu_memory_held"  # processes gone; resuming anyway, see kill.py
+                self._note(job, inc, "kill", outcome, res.detail)
                 if not res.ok:
                     self.store.set_state(inc.id, "done", outcome="failed",
                                          reason="the old run could not be stopped: " + res.detail)
@@ -394,11 +404,14 @@ class Remediator:
 
     # ------------------------------------------------------------------ helpers
 
-    def _writing(self, job: JobConfig) -> bool:
-        from trainguard.checkpoint import Status, list_checkpoints
+    def _checkpoints(self, job: JobConfig) -> list[CheckpointInfo]:
+        """The doctor's view, with the same "still being written" window as the exporter."""
+        return list_checkpoints(job.output_dir,
+                                writing_fresh_seconds=self.config.exporter.writing_fresh_seconds)
 
+    def _writing(self, job: JobConfig) -> bool:
         try:
-            infos = list_checkpoints(job.output_dir)
+            infos = self._checkpoints(job)
         except OSError:
             return False
         return any(i.status == Status.WRITING for i in infos)
@@ -422,50 +435,41 @@ class Remediator:
         return None
 
     def _choose(self, job: JobConfig, inc: Incident, dry: bool) -> Choice:
-        from trainguard.checkpoint import Status, inspect_checkpoint, list_checkpoints
+        """Newest checkpoint the resuming environment will load, repairing it if it must.
 
+        Status says whether the files are whole; the verdict says whether *that*
+        environment's accelerate restores them (numpy names, RNG step, weights_only).
+        A checkpoint needing a repair the doctor knows is repaired (backup first) for
+        that environment and judged again; one that still will not load is skipped.
+        """
         choice = Choice(path=None)
         env = self._environment(job)
-        for info in list_checkpoints(job.output_dir):
+        for info in self._checkpoints(job):
             if info.status not in (Status.VALID, Status.REPAIRABLE):
-                choice.skipped.append({"path": str(info.path), "step": info.step,
-                                       "status": info.status.value,
-                                       "problems": list(info.problems)})
-                self._note(job, inc, "choose", "skipped",
-                           f"{info.name} (step {info.step}) is {info.status.value}: "
-                           f"{'; '.join(info.problems) or 'no detail'}")
+                self._pass_over(job, inc, choice, info, info.status.value, list(info.problems))
                 continue
-            if info.status == Status.REPAIRABLE:
+            v = compat.verdict(info, env)
+            if v.repairs:
                 if dry:
                     self._note(job, inc, "repair", "dry_run",
-                               f"would repair {info.name}: {'; '.join(info.problems)}")
+                               f"would repair {info.name} ({', '.join(v.repairs)}): "
+                               f"{'; '.join((*info.problems, *v.problems))}")
                 else:
-                    ok, detail = _repair(info.path)
+                    ok, detail = _repair(info.path, env)
                     self._note(job, inc, "repair", "ok" if ok else "failed",
                                f"{info.name}: {detail}")
                     if not ok:
-                        choice.skipped.append({"path": str(info.path), "step": info.step,
-                                               "status": "repair_failed", "problems": [detail]})
+                        self._pass_over(job, inc, choice, info, "repair_failed", [detail])
                         continue
-                    info = inspect_checkpoint(info.path)
-                    if info.status != Status.VALID:
-                        detail = f"still {info.status.value} after repair: {list(info.problems)}"
-                        self._note(job, inc, "repair", "failed", f"{info.name}: {detail}")
-                        choice.skipped.append({"path": str(info.path), "step": info.step,
-                                               "status": info.status.value,
-                                               "problems": [detail]})
-                        continue
-            fixes: dict[str, str] = {}
-            compat = _optional("trainguard.checkpoint.compat")
-            if env is not None and compat is not None:
-                v = compat.verdict(info, env)
-                fixes = dict(v.env_fixes)
-                if not v.loads and not fixes:
-                    detail = f"will not load under {env}: {'; '.join(v.problems)}"
-                    self._note(job, inc, "choose", "skipped", f"{info.name}: {detail}")
-                    choice.skipped.append({"path": str(info.path), "step": info.step,
-                                           "status": "incompatible", "problems": list(v.problems)})
-                    continue
+                    info = inspect_checkpoint(
+                        info.path,
+                        writing_fresh_seconds=self.config.exporter.writing_fresh_seconds)
+                    v = compat.verdict(info, env)
+            if not v.loads and not v.env_fixes and not (dry and v.repairs):
+                self._pass_over(job, inc, choice, info, "incompatible",
+                           [f"will not load under {env}: {'; '.join(v.problems)}"])
+                continue
+            fixes = dict(v.env_fixes)
             choice.path, choice.step, choice.env_fixes = info.path, info.step, fixes
             self._note(job, inc, "choose", "ok",
                        f"{info.name} (step {info.step}, {info.status.value})"
@@ -474,43 +478,41 @@ class Remediator:
         self._note(job, inc, "choose", "none", "no usable checkpoint in " + str(job.output_dir))
         return choice
 
-    def _environment(self, job: JobConfig) -> Any:
-        """The versions the resumed run will import (see actions/launch.py), or None."""
-        compat = _optional("trainguard.checkpoint.compat")
-        if compat is None:
-            return None
+    def _pass_over(self, job: JobConfig, inc: Incident, choice: Choice, info: CheckpointInfo,
+              status: str, problems: list[str]) -> None:
+        choice.skipped.append({"path": str(info.path), "step": info.step, "status": status,
+                               "problems": problems})
+        self._note(job, inc, "choose", "skipped",
+                   f"{info.name} (step {info.step}) is {status}: "
+                   f"{'; '.join(problems) or 'no detail'}")
+
+    def _environment(self, job: JobConfig) -> compat.Environment:
+        """The versions the resumed run will import (see actions/launch.py)."""
         python = launch_mod.find_python(job, launch_mod.run_env(job, {}))
+        if not python:
+            return compat.Environment.current()
         try:
-            return compat.Environment.of_python(python) if python else \
-                compat.Environment.current()
+            return compat.Environment.of_python(python)
         except Exception as exc:  # a broken interpreter: judge by our own environment
             log.warning("%s: cannot read versions of %s (%s); using this environment's",
                         job.name, python, exc)
             return compat.Environment.current()
 
 
-def _repair(path: Path) -> tuple[bool, str]:
-    """Repair one checkpoint through :mod:`remediator.repair` (backup first, atomic)."""
-    repair = _optional("remediator.repair")
-    if repair is None:
-        return False, "repair is not available (remediator.repair did not import)"
+def _repair(path: Path, env: compat.Environment) -> tuple[bool, str]:
+    """Repair one checkpoint for ``env`` (backup first, atomic); (ok, what happened).
+
+    Repair needs torch (the optional ``trainguard[torch]`` extra); without it this
+    fails with a message saying so and the caller moves on to an older checkpoint.
+    """
     try:
-        plan = repair.plan_repair(path)
-        result = repair.apply_repair(plan)
+        plan = repair_mod.plan_repair(path, env)
+        result = repair_mod.apply_repair(plan)
+    except ImportError as exc:
+        return False, f"repair needs torch (pip install 'trainguard[torch]'): {exc}"
     except Exception as exc:
         return False, f"{type(exc).__name__}: {exc}"
     return True, str(result)
-
-
-def _optional(module: str) -> Any:
-    """Import a module that may be missing (being written in parallel, or torch-less
-    installs for repair); None when it is not there.  Typed Any on purpose: callers use
-    only the names HACKING.md documents."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        log.debug("%s not importable: %s", module, exc)
-        return None
 
 
 def _fmt(ts: float | None) -> str:
