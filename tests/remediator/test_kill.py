@@ -114,7 +114,10 @@ def test_waits_until_gpu_memory_is_released(tmp_path: Path, release_after: float
     got = json.loads(res.stdout)
     wait_for(lambda: died, timeout=5, what="the process to die")
     assert got["gpu_released"] is released, got
-    assert got["ok"] is released
+    # The processes are gone either way: memory the driver still holds is reported, and
+    # does not fail the kill (the pipeline resumes rather than leave the run dead).
+    assert got["ok"] is True
+    assert f"GPU memory released: {released}" in got["detail"]
     if released:
         assert release_after is not None
         assert got["t1"] >= died[0] + release_after - 0.1, "returned before memory was freed"
