@@ -126,17 +126,23 @@ def _tokenize_sh(text: str, lineno: int, where: str) -> tuple[list[Token], bool]
             else:
                 value.append(c)
                 i += 1
-        word = "".join(value)
-        if i < n and text[i] in "<>" and word.isdigit():
-            # `2>&1`, `2>file`: a redirection, not an argument
-            j = i + 1
-            while j < n and text[j] in ">&":
-                j += 1
-            tokens.append(Token(lineno, start, j, text[start:j], True))
-            i = j
-            continue
-        tokens.append(Token(lineno, start, i, word, False))
+        i = _end_word(tokens, text, lineno, start, i, "".join(value))
     return tokens, False
+
+
+def _end_word(tokens: list[Token], text: str, lineno: int, start: int, i: int,
+              word: str) -> int:
+    """Append the word that ends at ``i`` (or, for ``2>&1``-like text, the redirection
+    it starts: a redirection, not an argument); return where scanning goes on."""
+    n = len(text)
+    if i < n and text[i] in "<>" and word.isdigit():
+        j = i + 1
+        while j < n and text[j] in ">&":
+            j += 1
+        tokens.append(Token(lineno, start, j, text[start:j], True))
+        return j
+    tokens.append(Token(lineno, start, i, word, False))
+    return i
 
 
 def _tokenize_bat(text: str, lineno: int, where: str) -> tuple[list[Token], bool]:
@@ -176,15 +182,7 @@ def _tokenize_bat(text: str, lineno: int, where: str) -> tuple[list[Token], bool
             else:
                 value.append(c)
                 i += 1
-        word = "".join(value)
-        if i < n and text[i] in "<>" and word.isdigit():
-            j = i + 1
-            while j < n and text[j] in ">&":
-                j += 1
-            tokens.append(Token(lineno, start, j, text[start:j], True))
-            i = j
-            continue
-        tokens.append(Token(lineno, start, i, word, False))
+        i = _end_word(tokens, text, lineno, start, i, "".join(value))
     return tokens, False
 
 
