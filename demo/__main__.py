@@ -88,8 +88,8 @@ def summary(narrator: Narrator, stack: Stack, run: FluxGymRun, hang_kind: str) -
     print(f"  everything the demo wrote, logs included: {stack.workdir}")
     print()
     print("Point trainguard at a real FluxGym run")
-    print("  trainguard init /workspace/fluxgym/outputs/<your-lora>  # writes trainguard.yml")
-    print("  bash deploy/run-stack.sh trainguard.yml  # the same stack, without Docker")
+    print("  trainguard init /workspace/fluxgym/outputs/<your-lora>  # writes trainguard.yaml")
+    print("  deploy/run-stack.sh --config /workspace/fluxgym/trainguard.yaml  # no Docker needed")
 
 
 def main(argv: list[str] | None = None) -> int:

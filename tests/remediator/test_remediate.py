@@ -134,7 +134,6 @@ def test_half_written_newest_checkpoint_is_skipped(tmp_path: Path) -> None:
 
 
 def test_rng_step_mismatch_is_repaired_then_used(tmp_path: Path) -> None:
-    pytest.importorskip("remediator.repair", reason="repair.py (checkpoint engineer) not here")
     run = make_run(tmp_path, "rngbug", steps=30, extra=("--rng_step_bug", "--hang_at_step 25"))
     proc, _hung = start_hung(run)
     config = write_config(tmp_path, [run])
@@ -148,6 +147,35 @@ def test_rng_step_mismatch_is_repaired_then_used(tmp_path: Path) -> None:
         assert start["accelerate_step"] == 20, "the repaired RNG file carries the real step"
         repairs = [a for a in inc["actions"] if a["action"] == "repair"]
         assert [a["outcome"] for a in repairs] == ["ok"]
+    finally:
+        cleanup(run)
+        proc.wait(10)
+
+
+def test_numpy1_named_rng_file_is_rewritten_for_this_accelerate_then_used(
+        tmp_path: Path) -> None:
+    """Whole files, but an RNG pickle naming numpy.core: accelerate >= 1.1 under numpy >= 2.1
+    refuses it and silently keeps step 0.  The remediator rewrites it for the resuming
+    environment (backup kept) rather than falling back to an older checkpoint."""
+    from helpers.checkpoints import rewrite_rng_numpy
+
+    run = make_run(tmp_path, "np1", steps=30, extra=("--hang_at_step 25",))
+    proc, _hung = start_hung(run)
+    newest = run.output_dir / "np1-step00000020-state"
+    rng = newest / "random_states_0.pkl"
+    rewrite_rng_numpy(rng, "numpy.core")
+    config = write_config(tmp_path, [run])
+    try:
+        with thread_server(config) as client:
+            client.post_alert(payload(run.name))
+            wait_for(lambda: resumed_starts(run), timeout=90, what="a resumed start")
+            (inc,) = client.settled(run.name)
+        (start,) = resumed_starts(run)
+        assert start["resume"] == str(newest)
+        assert start["accelerate_step"] == 20, "accelerate restored the step from the RNG file"
+        assert [a["outcome"] for a in inc["actions"] if a["action"] == "repair"] == ["ok"]
+        backups = list(newest.glob("random_states_0.pkl.trainguard-bak-*"))
+        assert len(backups) == 1 and b"numpy.core.multiarray" in backups[0].read_bytes()
     finally:
         cleanup(run)
         proc.wait(10)
