@@ -19,7 +19,7 @@ from typing import Any
 
 from demo.fluxgym import FluxGymRun, make_run, start_run
 from demo.narrate import Narrator
-from demo.stack import FAST_TUNABLES, REPO, Stack
+from demo.stack import FAST_TUNABLES, REPO, Stack, detection_seconds
 
 sys.path.insert(0, str(REPO / "tests"))
 from helpers.fakenvml import FakeGPUs, env_for
@@ -74,9 +74,11 @@ def summary(narrator: Narrator, stack: Stack, run: FluxGymRun, hang_kind: str) -
         to_step = stepped["time"] - hang["time"]
         print(f"  hang at step {hang['step']} -> resumed process after {to_resume:.1f}s "
               f"(from step {resumed['step']}), first new step after {to_step:.1f}s")
-        print(f"  configured detection time: {FAST_TUNABLES[tunable]:g}s ({tunable}); "
-              f"pipeline overhead beyond it: {to_resume - FAST_TUNABLES[tunable]:.1f}s to the "
-              f"new process, {to_step - FAST_TUNABLES[tunable]:.1f}s to the first new step")
+        configured = detection_seconds(FAST_TUNABLES[tunable])
+        print(f"  configured detection time: {configured:g}s ({tunable} "
+              f"{FAST_TUNABLES[tunable]:g}s + the rules' for: + Alertmanager's group_wait); "
+              f"pipeline overhead beyond it: {to_resume - configured:.1f}s to the new process, "
+              f"{to_step - configured:.1f}s to the first new step")
     print(f"  the user's script is untouched: {run.script}")
     print(f"  the resumed copy trainguard wrote beside it and ran: "
           f"{', '.join(p.name for p in run.output_dir.glob('*trainguard*')) or 'none'}")

@@ -105,8 +105,12 @@ class Narrator:
                      if util is not None else "job holds no GPU")
         if step is not None and self._changed("step_decade", int(step) // 10):
             self.say("exporter", f"step {step:g}/{total:g}" if total else f"step {step:g}")
-        if ckpt is not None and self._changed("ckpt", ckpt):
-            self.say("exporter", f"newest usable checkpoint: step {ckpt:g}")
+        usable = sum(samples.get(("trainguard_checkpoints",
+                                  (("status", status), ("training_job", self.job))), 0.0)
+                     for status in ("valid", "repairable"))
+        if ckpt is not None and self._changed("ckpt", (ckpt, usable > 0)):
+            self.say("exporter", f"newest usable checkpoint: step {ckpt:g}" if usable
+                     else "no usable checkpoint yet")
 
     def _prometheus(self) -> None:
         alerts = self.stack.firing_alerts()

@@ -48,6 +48,26 @@ FAST_TUNABLES: dict[str, float] = {
 }
 
 
+GROUP_WAIT_SECONDS = 1.0  # Alertmanager's group_wait in this stack (see _write_alertmanager_config)
+
+
+def rule_debounce_seconds() -> float:
+    """The ``for:`` of deploy's remediating alerts (one value for all of them)."""
+    rules = yaml.safe_load((RULES_DIR / "trainguard.rules.yml").read_text())
+    fors = {str(r["for"]) for g in rules["groups"] for r in g["rules"]
+            if r.get("labels", {}).get("remediate") == "true"}
+    if len(fors) != 1:
+        raise ValueError(f"expected one for: among the remediating alerts, got {fors}")
+    text = fors.pop()
+    return float(text[:-1]) * {"s": 1, "m": 60, "h": 3600}[text[-1]]
+
+
+def detection_seconds(tunable_seconds: float) -> float:
+    """How long the configuration alone makes a failure wait before the remediator hears:
+    the tunable's duration, the rules' debounce, Alertmanager's group_wait."""
+    return tunable_seconds + rule_debounce_seconds() + GROUP_WAIT_SECONDS
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -183,10 +203,10 @@ class Stack:
         if not found:
             raise ValueError(f"{ALERTMANAGER_YML}: no webhook receiver ending in /alerts")
         route = config["route"]
-        route["group_wait"] = "1s"
+        route["group_wait"] = f"{GROUP_WAIT_SECONDS:g}s"
         route["group_interval"] = "2s"
         for sub in route.get("routes", []) or []:
-            sub["group_wait"] = "1s"
+            sub["group_wait"] = f"{GROUP_WAIT_SECONDS:g}s"
             sub["group_interval"] = "2s"
         (self.workdir / "alertmanager.yml").write_text(yaml.safe_dump(config, sort_keys=False))
 

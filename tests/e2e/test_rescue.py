@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from helpers.fakenvml import FakeGPUs, env_for
 
 from demo.fluxgym import FluxGymRun, make_run, start_run
 from demo.narrate import scrape
-from demo.stack import FAST_TUNABLES, REPO, RULES_DIR, Stack
+from demo.stack import FAST_TUNABLES, REPO, Stack, detection_seconds
 
 pytestmark = pytest.mark.slow
 
@@ -41,17 +40,6 @@ STEPS = 30
 E2E_TUNABLES = {**FAST_TUNABLES, "startup_grace_seconds": 10, "stall_seconds": 15,
                 "gpu_idle_seconds": 8, "gpu_spin_seconds": 8, "process_down_seconds": 4}
 WRITING_FRESH_SECONDS = 6
-GROUP_WAIT_SECONDS = 1  # demo/stack.py shortens Alertmanager's group_wait to this
-
-
-def rule_debounce_seconds() -> float:
-    """The `for:` of the remediating alerts in deploy's rules (the same for all of them)."""
-    rules = yaml.safe_load((RULES_DIR / "trainguard.rules.yml").read_text())
-    fors = {r["for"] for g in rules["groups"] for r in g["rules"]
-            if r.get("labels", {}).get("remediate") == "true"}
-    assert len(fors) == 1, fors
-    text = str(fors.pop())
-    return float(text[:-1]) * {"s": 1, "m": 60}[text[-1]]
 
 
 def configured_detection(name: str) -> float:
@@ -62,7 +50,7 @@ def configured_detection(name: str) -> float:
             "crash": t["process_down_seconds"],
             # the half-save first counts as a save in progress, then the GPU is idle
             "half-save": WRITING_FRESH_SECONDS + t["gpu_idle_seconds"]}[name]
-    return base + rule_debounce_seconds() + GROUP_WAIT_SECONDS
+    return detection_seconds(base)
 
 
 # (scenario, configured detection, failure -> resumed process, failure -> first new step),
