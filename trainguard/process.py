@@ -7,7 +7,8 @@ Here a process belongs to a job only when
 
 * one of its arguments (``--flag=value`` counts as ``value``) resolves, against *that
   process's own* working directory, to the job's ``output_dir`` or a path inside it, or
-  to the job's launch script; or
+  to the job's launch script or the resumed copy of it the remediator writes beside it
+  (:func:`resumed_script_path`); or
 * it descends from such a process (``bash train.sh`` -> ``accelerate launch`` -> the
   python worker whose own arguments may name only absolute model paths).
 
@@ -79,6 +80,14 @@ class _Targets:
     needles: tuple[str, ...]               # cheap substring prefilter
 
 
+def resumed_script_path(script: Path) -> Path:
+    """Where the remediator writes the resumed copy of ``script``: beside it, named so
+    it is unmistakably trainguard's.  Defined here because it is part of the job rule:
+    the copy's own ``bash`` process must count as the job even when the script lives
+    outside the output folder."""
+    return script.with_name(f"{script.stem}.trainguard-resume{script.suffix}")
+
+
 def _parts(path: str | Path) -> tuple[str, ...]:
     return Path(path).parts
 
@@ -87,7 +96,7 @@ def _targets(job: JobConfig) -> _Targets:
     dirs = (_parts(job.output_dir),)
     files: tuple[tuple[str, ...], ...] = ()
     if job.launch is not None and job.launch.script is not None:
-        files = (_parts(job.launch.script),)
+        files = (_parts(job.launch.script), _parts(resumed_script_path(job.launch.script)))
     ignored = (_parts(job.log_file),) if job.log_file is not None else ()
     needles = tuple({p[-1] for p in dirs + files if p and p[-1] != os.sep})
     return _Targets(job.name, dirs, files, ignored, needles)

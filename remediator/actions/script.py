@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-RESUME_MARK = "trainguard-resume"
+from trainguard.process import resumed_script_path
 
 _LAUNCHERS = re.compile(r"^(accelerate|accelerate-launch|torchrun|python(\d+(\.\d+)?)?)(\.exe)?$",
                         re.IGNORECASE)
@@ -68,8 +68,9 @@ def script_kind(path: Path) -> str:
 
 
 def resumed_copy_path(script: Path) -> Path:
-    """Where the resumed copy of ``script`` goes: beside it, unmistakably ours."""
-    return script.with_name(f"{script.stem}.{RESUME_MARK}{script.suffix}")
+    """Where the resumed copy of ``script`` goes: beside it, unmistakably ours (the job
+    rule in trainguard.process recognises it)."""
+    return resumed_script_path(script)
 
 
 # --------------------------------------------------------------------------- tokenizing

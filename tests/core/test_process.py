@@ -118,6 +118,28 @@ def test_script_path_alone_identifies_the_job(tree: Path, spawn: Spawner) -> Non
     assert p.pid in {x.pid for x in got}
 
 
+def test_resumed_copy_of_a_script_outside_the_output_dir_is_the_job(
+        tree: Path, spawn: Spawner) -> None:
+    """The remediator runs `bash <script>.trainguard-resume.sh`; that bash is the job too,
+    even when nothing in its arguments names the output folder."""
+    from trainguard.process import resumed_script_path
+
+    scripts = tree / "scripts"
+    scripts.mkdir()
+    script = scripts / "train.sh"
+    script.write_text("sleep 120\n")
+    copy = resumed_script_path(script)
+    copy.write_text("sleep 120\n")
+    cfg = parse_config({"jobs": [{"name": "j", "output_dir": "/nonexistent/out",
+                                  "launch": {"script": str(script)}}]},
+                       tree / "trainguard.yaml")
+    p = spawn(["bash", copy.name], cwd=scripts)
+    other = spawn(["bash", "-c", "sleep 120", "unrelated.trainguard-resume.sh"], cwd=scripts)
+    got = wait_for(lambda: job_processes(cfg.jobs[0]), what="the resumed copy's process")
+    assert p.pid in {x.pid for x in got}
+    assert other.pid not in {x.pid for x in got}
+
+
 def test_log_viewers_are_not_the_job(tree: Path, spawn: Spawner) -> None:
     log = tree / "outputs" / "my-lora" / "train.log"
     log.write_text("")
