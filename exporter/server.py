@@ -46,7 +46,8 @@ def build_registry(config: Config, session: NvmlSession | None = None,
     matcher = ProcessMatcher(config.jobs)
     collectors = CollectorSet(
         [
-            ProcessCollector(names),
+            ProcessCollector(names, {j.name: j.startup_grace_seconds for j in config.jobs
+                                     if j.startup_grace_seconds is not None}),
             GpuCollector(names, session,
                          {j.name: j.gpus for j in config.jobs if j.gpus}),
             ProgressCollector(config.jobs),

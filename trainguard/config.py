@@ -84,7 +84,9 @@ class JobConfig:
     output_dir: Path
     launch: LaunchConfig | None = None
     log_file: Path | None = None
-    startup_grace_seconds: float = 600.0
+    # None: Prometheus' global start-up grace tunable alone applies; a value here
+    # lengthens it for this job (the exporter publishes it, the rules take the larger).
+    startup_grace_seconds: float | None = None
     # GPUs that belong to this job whatever NVML's process list says: indexes ("0") or
     # UUIDs ("GPU-..."), or ("all",).  Needed in containers (RunPod), where NVML reports
     # host pids that the container cannot see.  None: attribute by process only.
@@ -268,7 +270,7 @@ def _job(r: _Reader, data: Any, kp: str) -> JobConfig:
         output_dir=r.path(d["output_dir"], _join(kp, "output_dir")),
         launch=launch,
         log_file=r.opt(d, "log_file", kp, r.path, None),
-        startup_grace_seconds=r.opt(d, "startup_grace_seconds", kp, r.number, 600.0),
+        startup_grace_seconds=r.opt(d, "startup_grace_seconds", kp, r.number, None),
         gpus=r.opt(d, "gpus", kp, lambda v, k: _gpus(r, v, k), None),
     )
 

@@ -100,3 +100,11 @@ def test_progress_follows_the_log(tmp_path: Path) -> None:
     m = metrics_of(cs)
     assert value(m, "trainguard_job_completed", training_job="a") == 1
     assert value(m, "trainguard_collector_success", collector="progress") == 1
+
+
+def test_startup_grace_is_published_only_for_jobs_that_set_it(tmp_path: Path) -> None:
+    jobs = [job(tmp_path, "a"), job(tmp_path, "b")]
+    cs = CollectorSet([ProcessCollector(["a", "b"], {"a": 1800.0})], ProcessMatcher(jobs).match)
+    m = metrics_of(cs)
+    assert value(m, "trainguard_job_startup_grace_seconds", training_job="a") == 1800
+    assert value(m, "trainguard_job_startup_grace_seconds", training_job="b") is None
