@@ -169,8 +169,10 @@ def test_trainguard_never_matches_itself(tree: Path) -> None:
 
 
 def test_zombie_children_are_listed_but_not_alive(tree: Path, spawn: Spawner) -> None:
-    # The parent never reaps its child, which stays a zombie under it.
-    code = "import subprocess, time; subprocess.Popen(['true']); time.sleep(120)"
+    # The parent never reaps its child, which stays a zombie under it.  The Popen object
+    # is kept: a discarded one is reaped by Popen.__del__ (waitpid WNOHANG) whenever the
+    # child has already exited, which on a loaded machine left no zombie at all.
+    code = "import subprocess, time; child = subprocess.Popen(['true']); time.sleep(120)"
     parent = spawn([PYTHON, "-c", code, "--output_dir", "outputs/my-lora"], cwd=tree)
     job = config(tree).jobs[0]
     procs = wait_for(lambda: (z := [p for p in job_processes(job) if p.status == "zombie"])
