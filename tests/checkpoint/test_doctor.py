@@ -168,3 +168,35 @@ def test_twenty_gigabyte_model_is_checked_from_its_header(ckpt: Path) -> None:
     truncate(ckpt / "model.safetensors", (20 << 30) - 1)
     set_mtime(ckpt, time.time() - 3600)
     assert inspect_checkpoint(ckpt).status is Status.INVALID
+
+
+LONG_AGO = time.time() - 3600.0  # a dead save: incomplete means invalid, not writing
+
+
+# diffusers' LoRA scripts register a save hook that pops every model from accelerate's
+# list and writes its own file, so the state folder has no model.safetensors at all;
+# save_pretrained-style hooks write sub-folders instead.  Same bytes, other places.
+@pytest.mark.parametrize("place", ["pytorch_lora_weights.safetensors",
+                                   "unet/diffusion_pytorch_model.safetensors"])
+def test_weights_written_by_a_save_hook_count(ckpt: Path, place: str) -> None:
+    target = ckpt / place
+    target.parent.mkdir(exist_ok=True)
+    (ckpt / "model.safetensors").rename(target)
+    info = inspect_checkpoint(ckpt)
+    assert info.status is Status.VALID, info.problems
+
+    truncate(target, target.stat().st_size - 1)
+    set_mtime(ckpt, LONG_AGO)
+    info = inspect_checkpoint(ckpt)
+    assert info.status is Status.INVALID
+    assert any(target.name in p for p in info.problems), info.problems
+
+
+def test_no_weights_anywhere_is_incomplete(ckpt: Path) -> None:
+    (ckpt / "model.safetensors").unlink()
+    (ckpt / "notes").mkdir()
+    (ckpt / "notes" / "readme.txt").write_text("not weights")
+    set_mtime(ckpt, LONG_AGO)
+    info = inspect_checkpoint(ckpt)
+    assert info.status is Status.INVALID
+    assert any("no model weights" in p for p in info.problems)

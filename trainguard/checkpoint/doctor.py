@@ -12,8 +12,14 @@ without it is either being written (fresh) or a dead half-save (old).
 
 Decisions where the format leaves room:
 * weights: at least one of model*.safetensors, pytorch_model*.bin or a sharded
-  ``*.index.json``.  optimizer.bin is required (a training state without optimizer
-  cannot resume training).  scheduler.bin is optional: a run without a scheduler has
+  ``*.index.json``, or, when none of those, weights a save hook wrote instead.  A
+  ``register_save_state_pre_hook`` may pop every model from accelerate's list and save
+  its own files: diffusers' LoRA scripts write ``pytorch_lora_weights.safetensors``,
+  others ``adapter_model.safetensors`` or ``save_pretrained`` sub-folders (``unet/``,
+  ``transformer/``).  Such files are checked just as strictly (safetensors header,
+  zip tail); a folder with no weights of any kind is incomplete.
+* optimizer.bin is required (a training state without optimizer cannot resume
+  training).  scheduler.bin is optional: a run without a scheduler has
   none, and once the RNG file exists the scheduler, written before it, cannot be
   "still coming".
 * step: train_state.json's ``current_step`` (steps done, sd-scripts' hook), else the step
@@ -47,6 +53,37 @@ _TORCH_FILES = re.compile(
 _RNG = re.compile(r"^random_states_(\d+)\.pkl$")
 _OPTIMIZER = re.compile(r"^optimizer(_\d+)?\.bin$")
 _BIN_WEIGHTS = re.compile(r"^pytorch_model(_\d+)?\.bin$")
+_HOOK_WEIGHTS = re.compile(r"\.(safetensors|bin|pt|pth)$")
+
+
+def _check_weight_file(file: Path, out: _Findings) -> None:
+    err = check_safetensors(file) if file.suffix == ".safetensors" else check_torch_zip(file)
+    if err:
+        out.incomplete.append(err)
+
+
+def _hook_weights(path: Path, files: dict[str, os.stat_result], subdirs: list[str],
+                  out: _Findings) -> bool:
+    """Check weights a save hook wrote in accelerate's place; True when there are any.
+
+    Top-level weight files that are not accelerate's own state files, and weight files
+    one level down in ``save_pretrained``-style sub-folders.  Each is checked by header
+    or tail, so the cost stays independent of model size.
+    """
+    found = False
+    for name in sorted(files):
+        if _HOOK_WEIGHTS.search(name) and not _TORCH_FILES.match(name) \
+                and not _SAFE_WEIGHTS.match(name):
+            found = True
+            _check_weight_file(path / name, out)
+    for sub in sorted(subdirs):
+        with os.scandir(path / sub) as it:
+            names = sorted(e.name for e in it if e.is_file())
+        for name in names:
+            if _HOOK_WEIGHTS.search(name):
+                found = True
+                _check_weight_file(path / sub / name, out)
+    return found
 
 
 @dataclass
@@ -117,10 +154,13 @@ def inspect_checkpoint(path: Path, *, now: float | None = None,
         raise FileNotFoundError(f"{path}: no such folder")
     now = time.time() if now is None else now
     files: dict[str, os.stat_result] = {}
+    subdirs: list[str] = []
     with os.scandir(path) as it:
         for entry in it:
             if entry.is_file():
                 files[entry.name] = entry.stat()
+            elif entry.is_dir():
+                subdirs.append(entry.name)
     mtime = max((st.st_mtime for st in files.values()), default=0.0)
     out = _Findings()
 
@@ -129,8 +169,9 @@ def inspect_checkpoint(path: Path, *, now: float | None = None,
     # Weights.
     weights = [n for n in files if _SAFE_WEIGHTS.match(n) or _BIN_WEIGHTS.match(n)
                or _SHARD_INDEX.match(n)]
-    if not weights:
-        out.incomplete.append("no model weights (model.safetensors or pytorch_model.bin)")
+    if not weights and not _hook_weights(path, files, subdirs, out):
+        out.incomplete.append("no model weights (model.safetensors, pytorch_model.bin, "
+                              "or weights a save hook wrote)")
     for name in sorted(files):
         if _SAFE_WEIGHTS.match(name):
             if err := check_safetensors(path / name):
