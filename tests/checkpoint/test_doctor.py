@@ -200,3 +200,32 @@ def test_no_weights_anywhere_is_incomplete(ckpt: Path) -> None:
     info = inspect_checkpoint(ckpt)
     assert info.status is Status.INVALID
     assert any("no model weights" in p for p in info.problems)
+
+
+@pytest.mark.parametrize("layout", ["fsdp", "deepspeed"])
+def test_sharded_model_and_optimizer_layouts_are_whole(ckpt: Path, layout: str) -> None:
+    """FSDP SHARDED_STATE_DICT and DeepSpeed write folders where accelerate's plain save
+    writes model.safetensors and optimizer.bin; the RNG file still closes the save."""
+    (ckpt / "model.safetensors").unlink()
+    optimizer = (ckpt / "optimizer.bin").read_bytes()  # a real torch zip, as shards are
+    (ckpt / "optimizer.bin").unlink()
+    if layout == "fsdp":
+        (ckpt / "pytorch_model_fsdp_0").mkdir()
+        (ckpt / "pytorch_model_fsdp_0" / "__0_0.distcp").write_bytes(b"shard")
+        (ckpt / "optimizer_0").mkdir()
+        (ckpt / "optimizer_0" / "__0_0.distcp").write_bytes(b"shard")
+    else:
+        (ckpt / "pytorch_model").mkdir()
+        (ckpt / "pytorch_model" / "mp_rank_00_model_states.pt").write_bytes(optimizer)
+        (ckpt / "pytorch_model" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(
+            optimizer)
+    set_mtime(ckpt, LONG_AGO)
+    info = inspect_checkpoint(ckpt)
+    assert info.status is Status.VALID, info.problems
+
+    # Without the optimizer shards the state cannot resume training.
+    for shard in ckpt.glob("*/*"):
+        if "optim" in str(shard.relative_to(ckpt)):
+            shard.unlink()
+    set_mtime(ckpt, LONG_AGO)
+    assert inspect_checkpoint(ckpt).status is Status.INVALID

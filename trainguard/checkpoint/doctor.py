@@ -19,9 +19,12 @@ Decisions where the format leaves room:
   ``transformer/``).  Such files are checked just as strictly (safetensors header,
   zip tail); a folder with no weights of any kind is incomplete.
 * optimizer.bin is required (a training state without optimizer cannot resume
-  training).  scheduler.bin is optional: a run without a scheduler has
-  none, and once the RNG file exists the scheduler, written before it, cannot be
-  "still coming".
+  training), or its sharded forms: FSDP's ``optimizer_N/`` folder of ``.distcp`` shards,
+  DeepSpeed's ``*optim_states.pt`` in its own sub-folder.  Their model shards
+  (``pytorch_model_fsdp_N/*.distcp``, DeepSpeed's ``*model_states.pt``) count as weights;
+  ``.distcp`` shards have no cheap integrity check, so only their presence is checked.
+* scheduler.bin is optional: a run without a scheduler has none, and once the RNG file
+  exists the scheduler, written before it, cannot be "still coming".
 * step: train_state.json's ``current_step`` (steps done, sd-scripts' hook), else the step
   in the folder name, else the RNG file's ``step``.  The name ranks above the RNG step
   because accelerate's ``step`` is its own micro-batch counter, reset at every
@@ -54,6 +57,7 @@ _RNG = re.compile(r"^random_states_(\d+)\.pkl$")
 _OPTIMIZER = re.compile(r"^optimizer(_\d+)?\.bin$")
 _BIN_WEIGHTS = re.compile(r"^pytorch_model(_\d+)?\.bin$")
 _HOOK_WEIGHTS = re.compile(r"\.(safetensors|bin|pt|pth)$")
+_SHARDED_OPTIMIZER = re.compile(r"(^|/)optimizer_\d+/.+\.distcp$|optim_states\.pt$")
 
 
 def _check_weight_file(file: Path, out: _Findings) -> None:
@@ -77,13 +81,26 @@ def _hook_weights(path: Path, files: dict[str, os.stat_result], subdirs: list[st
             found = True
             _check_weight_file(path / name, out)
     for sub in sorted(subdirs):
-        with os.scandir(path / sub) as it:
-            names = sorted(e.name for e in it if e.is_file())
-        for name in names:
-            if _HOOK_WEIGHTS.search(name):
+        for name in _files_in(path / sub):
+            if _SHARDED_OPTIMIZER.search(f"{sub}/{name}"):
+                continue
+            if name.endswith(".distcp"):
+                found = True  # FSDP model shards: presence only (no cheap check exists)
+            elif _HOOK_WEIGHTS.search(name):
                 found = True
                 _check_weight_file(path / sub / name, out)
     return found
+
+
+def _files_in(folder: Path) -> list[str]:
+    with os.scandir(folder) as it:
+        return sorted(e.name for e in it if e.is_file())
+
+
+def _sharded_optimizer(path: Path, subdirs: list[str]) -> bool:
+    """FSDP's optimizer_N/ shards or DeepSpeed's *optim_states.pt, in place of optimizer.bin."""
+    return any(_SHARDED_OPTIMIZER.search(f"{sub}/{name}")
+               for sub in subdirs for name in _files_in(path / sub))
 
 
 @dataclass
@@ -181,7 +198,7 @@ def inspect_checkpoint(path: Path, *, now: float | None = None,
         elif (_TORCH_FILES.match(name) and not _RNG.match(name)
               and (err := check_torch_zip(path / name))):
             out.incomplete.append(err)
-    if not any(_OPTIMIZER.match(n) for n in files):
+    if not any(_OPTIMIZER.match(n) for n in files) and not _sharded_optimizer(path, subdirs):
         out.incomplete.append("optimizer.bin is missing")
 
     # RNG files: the "save finished" marker, and accelerate's step.
