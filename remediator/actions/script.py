@@ -11,11 +11,13 @@ So the script is split into physical lines and tokenized per line the way the sh
 would (quotes, escapes, comments, operators, redirections, the trailing continuation
 character), physical lines are grouped into logical commands by their continuations, and
 the *training command* is the last command segment that runs ``accelerate``/``python``/
-``torchrun`` with a ``.py`` argument.  In that segment every existing resume flag
-(``--resume X``, ``--resume=X``, even with its value on the next continued line) is
-removed and ``--resume <absolute path>`` is appended after the segment's last argument,
-before any redirection or pipe.  Only the lines that change are rewritten; every other
-byte (line endings, indentation, comments) is kept.
+``torchrun`` with a ``.py`` argument or a ``-m`` module (behind ``uv run``, ``conda
+run``, ``timeout`` and the like too; ``setup.py`` and ``-m pip`` are never training). In
+that segment every existing resume flag (``--resume X``, ``--resume=X``, even with its
+value on the next continued line) is removed and ``--resume <absolute path>`` is
+appended after the segment's last argument, before any redirection or pipe. Only the
+lines that change are rewritten; every other byte (line endings, indentation, comments)
+is kept.
 
 The copy is written beside the script (``train.trainguard-resume.sh``) atomically
 (temp file, fsync, rename) with the original's mode, so a crash leaves either no copy or
@@ -37,7 +39,15 @@ from trainguard.process import resumed_script_path
 _LAUNCHERS = re.compile(r"^(accelerate|accelerate-launch|torchrun|python(\d+(\.\d+)?)?)(\.exe)?$",
                         re.IGNORECASE)
 _WRAPPERS = {"exec", "nohup", "env", "call", "time", "command", "stdbuf"}
+# Programs that run another program given later on their command line, with options of
+# their own in between: the launcher is searched for among the words after them.
+_RUNNERS = {"uv", "poetry", "pipenv", "conda", "mamba", "micromamba", "pixi", "hatch", "rye",
+            "timeout", "nice", "ionice", "taskset", "numactl", "srun", "sudo", "chrt",
+            "systemd-run", "start"}
 _SEPARATORS = {"|", "||", "&&", ";", "&", ";;", "(", ")", "|&"}
+# ``python -m`` modules that install or serve, never train.
+_TOOL_MODULES = {"pip", "venv", "ensurepip", "virtualenv", "uv", "site", "compileall",
+                 "http.server", "json.tool", "pip._internal", "torch.utils.collect_env"}
 _ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
@@ -246,22 +256,36 @@ def _arguments(segment: list[Token]) -> list[Token]:
 
 
 def _is_training(args: list[Token]) -> bool:
+    """Whether a command segment runs training: a launcher running a ``.py`` file or a
+    module (``-m pkg.train``), possibly behind assignments, wrappers (``exec``, ``nohup``)
+    or an environment runner (``uv run``, ``conda run -n env``, ``timeout 10h``)."""
     words = [t.value for t in args]
     i = 0
     while i < len(words) and (_ASSIGN.match(words[i]) or words[i].lower() in _WRAPPERS):
         i += 1
     if i >= len(words):
         return False
-    program = re.split(r"[\\/]", words[i])[-1]
-    return bool(_LAUNCHERS.match(program)) and any(
-        w.lower().endswith(".py") for w in words[i + 1:])
+    if _program(words[i]) in _RUNNERS:
+        i = next((j for j in range(i + 1, len(words)) if _LAUNCHERS.match(_program(words[j]))),
+                 len(words))
+    if i >= len(words) or not _LAUNCHERS.match(_program(words[i])):
+        return False
+    rest = words[i + 1:]
+    return any(w.lower().endswith(".py") and w.lower() != "setup.py" for w in rest) or any(
+        w in ("-m", "--module") and k + 1 < len(rest) and not rest[k + 1].startswith("-")
+        and rest[k + 1] not in _TOOL_MODULES for k, w in enumerate(rest))
+
+
+def _program(word: str) -> str:
+    """A command word's program name: ``/opt/venv/bin/python3`` -> ``python3``."""
+    return re.split(r"[\\/]", word)[-1].lower()
 
 
 def _training_arguments(lines: list[_Line], where: str) -> list[Token]:
     found = [a for a in (_arguments(s) for s in _segments(lines)) if _is_training(a)]
     if not found:
         raise ScriptError(f"{where}: no training command found (expected accelerate, python or "
-                          "torchrun running a .py file)")
+                          "torchrun running a .py file or a -m module)")
     return found[-1]
 
 

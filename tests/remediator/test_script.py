@@ -41,6 +41,9 @@ def run_sh(tmp_path: Path, script: Path) -> list[str]:
         tool.write_text("#!/bin/sh\nprintf '%s\\0' \"$0\" \"$@\" > " + shlex.quote(str(out))
                         + "\n")
         tool.chmod(0o755)
+    uv = fake / "uv"  # `uv run CMD...` runs CMD
+    uv.write_text('#!/bin/sh\nshift\nexec "$@"\n')
+    uv.chmod(0o755)
     out.unlink(missing_ok=True)
     subprocess.run(["bash", str(script)], cwd=tmp_path, check=True, timeout=20,
                    env={"PATH": f"{fake}:/usr/bin:/bin", "HOME": str(tmp_path)})
@@ -124,6 +127,12 @@ SHAPES = {
         "accelerate launch \\\n  train.py \\\n  --seed 1  # the seed \\\n",
     "python instead of accelerate, no trailing newline":
         "python3 train.py --seed 1 \\\n  --save_state",
+    "environment runner with options of its own before the launcher":
+        "timeout 10h nice -n 5 accelerate launch train.py --seed 1\n",
+    "uv run":
+        "uv run accelerate launch --num_processes 1 \\\n  train.py --seed 1\n",
+    "pip install before, python -m pip never taken for training":
+        "python -m pip install -q -r requirements.txt\naccelerate launch train.py --seed 1\n",
     "several --resume occurrences":
         "accelerate launch train.py --resume /a \\\n  --resume=/b \\\n  --resume /c --x 1\n",
 }
@@ -140,6 +149,13 @@ def test_every_sh_shape_gets_exactly_one_flag(tmp_path: Path, shape: str) -> Non
     assert flag_values(argv, "--resume") == [CKPT], copy.read_text()
     assert "train.py" in argv
     assert script.read_text() == SHAPES[shape]
+
+
+def test_python_m_module_is_a_training_command(tmp_path: Path) -> None:
+    script = tmp_path / "train.sh"
+    script.write_text("cd sd-scripts\npython -m library.train_network --seed 1 | tee log\n")
+    argv = run_sh(tmp_path, write_resumed_copy(script, "--resume", Path(CKPT)))
+    assert argv == ["-m", "library.train_network", "--seed", "1", "--resume", CKPT]
 
 
 def test_flags_other_than_resume_survive(tmp_path: Path) -> None:
@@ -165,7 +181,8 @@ def test_diffusers_flag_name() -> None:
 
 def test_no_training_command_is_a_clear_error(tmp_path: Path) -> None:
     script = tmp_path / "train.sh"
-    script.write_text("echo hello\nls -l\n")
+    script.write_text("echo hello\nls -l\npython -m pip install -r requirements.txt\n"
+                      "python setup.py develop\n")
     with pytest.raises(ScriptError, match=r"train\.sh: no training command"):
         write_resumed_copy(script, "--resume", Path(CKPT))
     assert not resumed_copy_path(script).exists()
