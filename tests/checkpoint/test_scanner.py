@@ -6,7 +6,12 @@ import shutil
 import time
 from pathlib import Path
 
-from helpers.checkpoints import make_accelerate_checkpoint, set_mtime, truncate
+from helpers.checkpoints import (
+    make_accelerate_checkpoint,
+    make_automatic_checkpoints,
+    set_mtime,
+    truncate,
+)
 
 from trainguard.checkpoint import CheckpointScanner, Status, latest_usable, list_checkpoints
 
@@ -25,6 +30,39 @@ def test_checkpoint_n_is_ordered_numerically_not_by_mtime(tmp_path: Path) -> Non
     assert names(out) == ["checkpoint-100", "checkpoint-10", "checkpoint-2"]
     best = latest_usable(out)
     assert best is not None and best.name == "checkpoint-100" and best.step_source == "name"
+
+
+def test_automatic_naming_is_ordered_by_save_counter_not_rng_step(tmp_path: Path) -> None:
+    # accelerate's ProjectConfiguration(automatic_checkpoint_naming=True): 12 saves in
+    # project/checkpoints/, whose RNG "step" restarts every epoch; the newest is the oldest
+    # file on disk (restored from a backup, say).
+    project = tmp_path / "project"
+    rng = [5, 9, 0, 4, 8, 1, 6, 3, 7, 2, 5, 0]
+    folders = make_automatic_checkpoints(project, rng)
+    for i, folder in enumerate(folders):
+        set_mtime(folder, NOW - 1000 + (-900 if i == 11 else i))
+    expected = [f"checkpoint_{i}" for i in range(11, -1, -1)]
+    assert names(project) == expected
+    assert names(project / "checkpoints") == expected  # pointed at the folder itself
+    best = latest_usable(project)
+    assert best is not None and best.path == folders[11] and best.save_index == 11
+    assert best.step == 0 and best.step_source == "random_states"
+
+    # a dead half-save of the newest: the one before it is the one to resume from
+    (folders[11] / "random_states_0.pkl").unlink()
+    best = latest_usable(project)
+    assert best is not None and best.path == folders[10]
+
+
+def test_scanner_sees_a_new_automatic_checkpoint(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    make_automatic_checkpoints(project, [0, 0])
+    scanner = CheckpointScanner(project)
+    assert [i.name for i in scanner.scan()] == ["checkpoint_1", "checkpoint_0"]
+    before = project.stat().st_mtime_ns
+    make_accelerate_checkpoint(project / "checkpoints" / "checkpoint_2", 0, train_state=False)
+    assert project.stat().st_mtime_ns == before  # only checkpoints/ changed
+    assert [i.name for i in scanner.scan()] == ["checkpoint_2", "checkpoint_1", "checkpoint_0"]
 
 
 def test_files_and_unrelated_folders_are_ignored(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ second, building an Accelerator again is not supported by accelerate's state sin
 
     make_accelerate_checkpoint(dir, step, rng_step=None, train_state=True, ...)
     make_output_dir(root, [(name, step), ...])
+    make_automatic_checkpoints(project_dir, [rng_step, ...])   # checkpoints/checkpoint_{i}
     rewrite_rng_numpy(rng_file, "numpy.core")      # numpy 1.x names, by opcode rewrite
     write_malicious_rng(rng_file, payload_cmd)     # a pickle that would run a command
     truncate(path, size) / make_sparse_safetensors(path, total_size)
@@ -72,6 +73,28 @@ def make_accelerate_checkpoint(folder: Path, step: int, *, rng_step: int | None 
     if mtime is not None:
         set_mtime(folder, mtime)
     return folder
+
+
+def make_automatic_checkpoints(project_dir: Path, rng_steps: list[int]) -> list[Path]:
+    """Save one real state per entry through accelerate's own automatic naming
+    (``ProjectConfiguration(automatic_checkpoint_naming=True)``): ``project_dir/
+    checkpoints/checkpoint_{i}``.  Each save's accelerate ``step`` is the given value, as
+    a gradient-accumulation counter that restarts every epoch would leave it."""
+    from accelerate.utils import ProjectConfiguration
+
+    st = _accelerator()
+    acc = st["acc"]
+    saved_config = acc.project_configuration
+    acc.project_configuration = ProjectConfiguration(project_dir=str(project_dir),
+                                                     automatic_checkpoint_naming=True)
+    st["pending"]["train_state"] = None
+    try:
+        for rng_step in rng_steps:
+            acc.step = rng_step
+            acc.save_state()
+    finally:
+        acc.project_configuration = saved_config
+    return [project_dir / "checkpoints" / f"checkpoint_{i}" for i in range(len(rng_steps))]
 
 
 def set_mtime(folder: Path, mtime: float) -> None:

@@ -265,4 +265,5 @@ def inspect_checkpoint(path: Path, *, now: float | None = None,
         path=path, name=path.name, step=step, step_source=source, epoch=epoch,
         status=status, problems=problems, mtime=mtime, rng_step=rng_step,
         train_state_step=train_step, numpy_module=numpy_module,
-        final=parsed.final if parsed else False)
+        final=parsed.final if parsed else False,
+        save_index=parsed.index if parsed else None)

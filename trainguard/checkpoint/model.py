@@ -40,6 +40,7 @@ class CheckpointInfo:
     train_state_step: int | None
     numpy_module: str | None    # "numpy.core" | "numpy._core": how the RNG pickle names numpy
     final: bool = False         # sd-scripts' end-of-training `{name}-state` folder
+    save_index: int | None = None  # N of accelerate's automatic `checkpoint_{N}` name
 
     @property
     def usable(self) -> bool:
@@ -61,4 +62,5 @@ class CheckpointInfo:
             "train_state_step": self.train_state_step,
             "numpy_module": self.numpy_module,
             "final": self.final,
+            "save_index": self.save_index,
         }

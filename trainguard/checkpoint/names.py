@@ -7,6 +7,11 @@ STEP_STATE_NAME / LAST_STATE_NAME; diffusers examples' ``checkpoint-{global_step
     {name}-{epoch:06d}-state      an epoch-end save  -> epoch only
     {name}-state                  end of training    -> neither; sorts after equal steps
     checkpoint-{N}                accelerate/diffusers -> step
+    checkpoint_{N}                accelerate's automatic_checkpoint_naming, in
+                                  ``{project_dir}/checkpoints/``  -> save index only
+
+The last one's number counts saves (ProjectConfiguration.iteration), not steps: it
+orders the folders but says nothing about how far training got.
 """
 
 from __future__ import annotations
@@ -18,13 +23,18 @@ _STEP = re.compile(r"^(?P<name>.+)-step(?P<step>\d+)-state$")
 _EPOCH = re.compile(r"^(?P<name>.+)-(?P<epoch>\d+)-state$")
 _LAST = re.compile(r"^(?P<name>.+)-state$")
 _CKPT = re.compile(r"^checkpoint-(?P<step>\d+)$")
+_ITERATION = re.compile(r"^checkpoint_(?P<index>\d+)$")
+
+# The folder accelerate puts automatically named checkpoints in, under its project_dir.
+AUTOMATIC_FOLDER = "checkpoints"
 
 
 @dataclass(frozen=True)
 class NameInfo:
-    kind: str            # "step" | "epoch" | "final" | "checkpoint"
+    kind: str            # "step" | "epoch" | "final" | "checkpoint" | "iteration"
     step: int | None
     epoch: int | None
+    index: int | None = None  # accelerate's save counter (checkpoint_{N})
 
     @property
     def final(self) -> bool:
@@ -41,4 +51,6 @@ def parse_name(folder: str) -> NameInfo | None:
         return NameInfo("final", None, None)
     if m := _CKPT.match(folder):
         return NameInfo("checkpoint", int(m["step"]), None)
+    if m := _ITERATION.match(folder):
+        return NameInfo("iteration", None, None, int(m["index"]))
     return None
