@@ -420,7 +420,8 @@ class Remediator:
         """Why not to act now, or None to go ahead."""
         from trainguard.progress import LogFollower, job_completed
 
-        progress = LogFollower(job.log_file).poll() if job.log_file is not None else None
+        follower = LogFollower.for_job(job)
+        progress = follower.poll() if follower is not None else None
         if job_completed(job, progress, bool(procs)):
             return "the run completed normally; nothing to remediate"
         js = self.store.job_state(job.name)

@@ -91,6 +91,10 @@ class JobConfig:
     # UUIDs ("GPU-..."), or ("all",).  Needed in containers (RunPod), where NVML reports
     # host pids that the container cannot see.  None: attribute by process only.
     gpus: tuple[str, ...] | None = None
+    # A regular expression with a (?P<step>...) group, and optionally (?P<total>...), that
+    # finds the step in one log line, for trainers whose progress bar is not a ``steps:``
+    # tqdm bar (HF Trainer's has no description).  None: the ``steps:`` bar.
+    step_pattern: str | None = None
 
 
 @dataclass(frozen=True)
@@ -256,7 +260,7 @@ def _launch(r: _Reader, data: Any, kp: str) -> LaunchConfig:
 
 def _job(r: _Reader, data: Any, kp: str) -> JobConfig:
     d = r.mapping(data, kp, {"name", "output_dir", "launch", "log_file", "startup_grace_seconds",
-                             "gpus"})
+                             "gpus", "step_pattern"})
     for required in ("name", "output_dir"):
         if d.get(required) is None:
             raise r.fail(_join(kp, required), "required key is missing")
@@ -272,7 +276,19 @@ def _job(r: _Reader, data: Any, kp: str) -> JobConfig:
         log_file=r.opt(d, "log_file", kp, r.path, None),
         startup_grace_seconds=r.opt(d, "startup_grace_seconds", kp, r.number, None),
         gpus=r.opt(d, "gpus", kp, lambda v, k: _gpus(r, v, k), None),
+        step_pattern=r.opt(d, "step_pattern", kp, lambda v, k: _step_pattern(r, v, k), None),
     )
+
+
+def _step_pattern(r: _Reader, value: Any, kp: str) -> str:
+    text = r.string(value, kp)
+    try:
+        compiled = re.compile(text)
+    except re.error as exc:
+        raise r.fail(kp, f"not a valid regular expression: {exc}") from None
+    if "step" not in compiled.groupindex:
+        raise r.fail(kp, "expected a regular expression with a (?P<step>\\d+) group")
+    return text
 
 
 def _gpus(r: _Reader, value: Any, kp: str) -> tuple[str, ...]:

@@ -11,9 +11,10 @@ but ``completed`` is cleared, because something new is writing.
 
 What is a step line: tqdm redraws its bar with ``\\r`` and no newline, so lines are split
 on both ``\\r`` and ``\\n``, and the unterminated tail (the bar being shown right now) is
-parsed too.  Only the bar whose description is exactly ``steps`` at the start of a line
-counts: that is sd-scripts' training bar (``tqdm(..., desc="steps")``) and the tiny
-trainer's.  Other bars are ignored on purpose: caching bars have no ``steps:`` desc,
+parsed too.  Only the bar whose description is ``steps`` (any case) at the start of a line
+counts: that is sd-scripts' training bar (``tqdm(..., desc="steps")``), the diffusers
+examples' (``desc="Steps"``) and the tiny trainer's; a job's ``step_pattern`` replaces
+it for other trainers.  Other bars are ignored on purpose: caching bars have no ``steps:`` desc,
 sd-scripts' ``validation steps:`` bar counts validation batches, and ``epoch 1/16``
 text lines count epochs; none of them is the global step the checkpoints record.
 
@@ -43,8 +44,10 @@ MAX_PARTIAL = 64 << 10        # an unterminated line longer than this keeps only
 READ_CHUNK = 4 << 20          # at most this much per read() call
 DEFAULT_OUTPUT_NAME = "last"  # sd-scripts' name when --output_name is not given
 
-# "steps:  45%|████▌     | 162/360 [00:10<00:12, 1.2it/s, avr_loss=0.1]"
-_STEP_RE = re.compile(r"^\s*steps:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+|\?)(\s*\[)?")
+# "steps:  45%|████▌     | 162/360 [00:10<00:12, 1.2it/s, avr_loss=0.1]" (sd-scripts),
+# "Steps:  45%|████▌     | 450/1000 [01:00<01:13, 7.5it/s, loss=0.1]" (diffusers examples)
+STEP_PATTERN = r"^\s*steps:\s*\d+%\|[^|]*\|\s*(?P<step>\d+)/(?P<total>\d+|\?)"
+_STEP_RE = re.compile(STEP_PATTERN, re.IGNORECASE)
 _COMPLETED_RE = re.compile(r"(?:^|\s)model saved\.(?:\s|$)")
 _START_RE = re.compile(r"running training|resume training from local state")
 _SPLIT_RE = re.compile(rb"[\r\n]")
@@ -71,8 +74,9 @@ class Progress:
 class LogFollower:
     """Follows one log file; call :meth:`poll` as often as you like."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, step_pattern: str | None = None) -> None:
         self.path = Path(path)
+        self._step_re = _STEP_RE if step_pattern is None else re.compile(step_pattern)
         self.offset = 0               # next byte to read in the current file
         self.bytes_read = 0           # total bytes read over this follower's life
         self.reopened = 0             # truncations and rotations seen
@@ -84,6 +88,11 @@ class LogFollower:
         self._completed = False
         self._lines = 0
         self._run_started: float | None = None
+
+    @classmethod
+    def for_job(cls, job: JobConfig) -> LogFollower | None:
+        """A follower of the job's log with the job's step pattern; None without a log."""
+        return None if job.log_file is None else cls(job.log_file, job.step_pattern)
 
     def poll(self, now: float | None = None) -> Progress:
         """Read what was appended since the last poll and return the current picture."""
@@ -151,12 +160,16 @@ class LogFollower:
             self._line(partial.decode("utf-8", "replace"), when, complete=False)
 
     def _line(self, text: str, when: float, complete: bool) -> None:
-        m = _STEP_RE.match(text)
+        m = self._step_re.search(text)
         if m is not None:
-            if not complete and m.group(3) is None:
-                return  # a bar cut mid-write ("162/36"): wait for the rest
-            step = int(m.group(1))
-            total = None if m.group(2) == "?" else int(m.group(2))
+            if not complete and m.end() >= len(text.rstrip()):
+                return  # a bar cut mid-write ("162/36"): wait for what follows the numbers
+            try:
+                step = int(m["step"])
+            except (TypeError, ValueError):
+                return  # a user pattern whose step group caught something else
+            raw_total = m.groupdict().get("total")
+            total = int(raw_total) if raw_total and raw_total.isdigit() else None
             if (self._step is not None and step < self._step) or self._completed:
                 self._new_run(when)
             if step != self._step:

@@ -25,8 +25,8 @@ class ProgressCollector:
 
     def __init__(self, jobs: Sequence[JobConfig]) -> None:
         self._jobs = list(jobs)
-        self._followers = {j.name: LogFollower(j.log_file) for j in jobs
-                           if j.log_file is not None}
+        self._followers = {j.name: f for j in jobs
+                           if (f := LogFollower.for_job(j)) is not None}
 
     def collect(self, scrape: Scrape) -> Iterator[Metric]:
         jl = ["training_job"]

@@ -81,6 +81,10 @@ def test_unknown_keys_at_every_level_name_file_and_key_path(
     ("jobs: [{name: a}]\n", "jobs[0].output_dir", "missing"),
     ("jobs: [{name: a, output_dir: o, launch: {workdir: .}}]\n", "jobs[0].launch",
      "exactly one"),
+    ("jobs: [{name: a, output_dir: o, step_pattern: 'step (\\d+'}]\n",
+     "jobs[0].step_pattern", "not a valid regular expression"),
+    ("jobs: [{name: a, output_dir: o, step_pattern: 'step (\\d+)'}]\n",
+     "jobs[0].step_pattern", "(?P<step>"),
 ])
 def test_wrong_types_and_shapes(tmp_path: Path, text: str, keypath: str, expected: str) -> None:
     err = error(write(tmp_path, text))

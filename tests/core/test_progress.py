@@ -67,6 +67,33 @@ def test_other_bars_and_epoch_lines_are_not_steps(tmp_path: Path) -> None:
     assert p.lines_read == 5
 
 
+def test_diffusers_steps_bar_counts(tmp_path: Path) -> None:
+    # diffusers' train_*.py: tqdm(range(max_train_steps), desc="Steps")
+    log = tmp_path / "train.log"
+    f = LogFollower(log)
+    append(log, bar(450, 1000, desc="Steps", post="loss=0.1, lr=0.0001"))
+    p = f.poll(now=5.0)
+    assert (p.step, p.total) == (450, 1000)
+
+
+def test_a_jobs_step_pattern_reads_other_trainers(tmp_path: Path) -> None:
+    # HF Trainer's bar has no description; the default rule rightly ignores it (sd-scripts'
+    # caching bars look the same), so such a job names its own pattern.
+    job = parse_config({"jobs": [{
+        "name": "hf", "output_dir": "out", "log_file": "train.log",
+        "step_pattern": r"^\s*\d+%\|[^|]*\|\s*(?P<step>\d+)/(?P<total>\d+)"}]},
+        tmp_path / "c.yml").jobs[0]
+    f = LogFollower.for_job(job)
+    assert f is not None and f.path == tmp_path / "train.log"
+    hf = "\r 13%|█▎        | 40/300 [00:10<01:05,  3.97it/s]"
+    append(f.path, bar(12, 300, desc="steps") + "\n" + hf[:hf.index("/300") + 3])
+    assert f.poll(now=1.0).step is None  # the bar is cut ("40/30"): wait for the rest
+    append(f.path, hf[hf.index("/300") + 3:] + "\n{'loss': 0.5, 'epoch': 0.13}\n")
+    p = f.poll(now=2.0)
+    assert (p.step, p.total, p.last_progress) == (40, 300, 2.0)
+    assert LogFollower(f.path).poll(now=3.0).step == 12  # the default rule sees only steps:
+
+
 def test_completion_marker_then_resume_in_the_same_log(tmp_path: Path) -> None:
     log = tmp_path / "train.log"
     f = LogFollower(log)
