@@ -327,3 +327,52 @@ def test_resolved_alert_cancels_an_incident_still_waiting(tmp_path: Path) -> Non
     finally:
         cleanup(run)
         proc.wait(10)
+
+
+def test_hung_hf_trainer_command_job_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    # Not FluxGym: a Hugging Face Trainer run configured as a command, resumed with the
+    # Trainer's own --resume_from_checkpoint flag from a checkpoint the doctor judged.
+    import json
+    import os
+
+    import yaml
+    from helpers.common import REPO
+    from helpers.remediator import TOKEN, VENV_BIN
+
+    out = tmp_path / "hf-out"
+    log = tmp_path / "hf.log"
+    command = [sys.executable, str(REPO / "tests" / "fixtures" / "hf_trainer.py"), str(out),
+               "--max_steps", "20", "--hang_at", "13"]
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    config = tmp_path / "trainguard.yaml"
+    config.write_text(yaml.safe_dump({
+        "jobs": [{"name": "hf-run", "output_dir": str(out), "log_file": str(log),
+                  "launch": {"command": command, "workdir": str(tmp_path),
+                             "resume_flag": "--resume_from_checkpoint"}}],
+        "remediator": {"token_file": str(token_file), "state_path": str(tmp_path / "s.db"),
+                       "kill_grace_seconds": 3, "gpu_release_timeout_seconds": 2,
+                       "verify_alive_seconds": 1.5}}))
+    env = dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
+    with open(log, "ab") as f:
+        proc = subprocess.Popen(command, cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    hung_pids = {proc.pid}
+    try:
+        wait_for(lambda: "hanging at 13" in log.read_text(), timeout=120, what="trainer hang")
+        with thread_server(config) as client:
+            assert client.post_alert(payload("hf-run")).status_code == 202
+            [inc] = client.settled("hf-run", timeout=90)
+        assert inc["outcome"] == "resumed", inc
+        assert proc.wait(10) is not None  # the hung run was stopped
+        wait_for(lambda: "first step 10" in log.read_text().split("hanging at 13")[-1],
+                 timeout=120, what="resumed trainer to start from step 10")
+        wait_for(lambda: (out / "checkpoint-20" / "trainer_state.json").exists(),
+                 timeout=120, what="resumed trainer to finish")
+        state = json.loads((out / "checkpoint-20" / "trainer_state.json").read_text())
+        assert state["global_step"] == 20
+        launched = [a for a in inc["actions"] if a["action"] == "resume"]
+        assert launched and str(out / "checkpoint-10") in launched[-1]["detail"]
+    finally:
+        kill_tree(alive_pids(hung_pids))

@@ -39,6 +39,9 @@ def _folder(text: str, what: str) -> Path | str:
     return path
 
 
+_LAYOUTS = {"trainer": "Hugging Face Trainer", "accelerate": "accelerate save_state"}
+
+
 def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
@@ -67,6 +70,7 @@ def format_details(info: CheckpointInfo, extra: dict[str, Any] | None = None) ->
         f"step:        {info.step if info.step is not None else '-'}"
         f"{f' (from {info.step_source})' if info.step_source else ''}",
         f"epoch:       {info.epoch if info.epoch is not None else '-'}",
+        f"layout:      {_LAYOUTS.get(info.layout, info.layout)}",
         f"train_state: {info.train_state_step if info.train_state_step is not None else '-'}",
         f"rng step:    {info.rng_step if info.rng_step is not None else '-'}",
         f"numpy names: {info.numpy_module or '-'}",

@@ -1,5 +1,8 @@
 """Will ``Accelerator.load_state`` in a given environment restore this checkpoint?
 
+(A Hugging Face Trainer checkpoint is restored by transformers from its own files; for
+those only the presence of torch and accelerate is checked.)
+
 The environment that resumes (FluxGym's venv, say) is often not the one trainguard runs
 in, so versions are read without importing anything heavy: ``importlib.metadata`` here,
 or ``python -c`` with the same in the resuming interpreter.
@@ -129,6 +132,10 @@ def verdict(info: CheckpointInfo, env: Environment) -> Verdict:
         missing = " and ".join(n for n, v in (("torch", torch_v), ("accelerate", acc_v))
                                if v is None)
         return Verdict(False, (f"{missing} not installed in the resuming environment",))
+    if info.layout == "trainer":
+        # transformers' Trainer restores its own rng_state.pth, not accelerate's RNG
+        # pickle: none of the matrix below applies, and nothing here can repair it.
+        return Verdict(True)
     problems: list[str] = []
     env_fixes: dict[str, str] = {}
     repairs: list[str] = []

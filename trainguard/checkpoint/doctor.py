@@ -25,6 +25,11 @@ Decisions where the format leaves room:
   ``.distcp`` shards have no cheap integrity check, so only their presence is checked.
 * scheduler.bin is optional: a run without a scheduler has none, and once the RNG file
   exists the scheduler, written before it, cannot be "still coming".
+* Hugging Face Trainer checkpoints (``checkpoint-{N}`` with ``trainer_state.json``,
+  ``optimizer.pt``, ``rng_state.pth`` and no accelerate RNG file) are judged by the
+  Trainer's own order (transformers ``Trainer._save_checkpoint``): weights, optimizer,
+  scheduler, ``rng_state[_rank].pth``, then ``trainer_state.json`` last, whose
+  ``global_step`` is the step.  Both of the last two mark a finished save.
 * step: train_state.json's ``current_step`` (steps done, sd-scripts' hook), else the step
   in the folder name, else the RNG file's ``step``.  The name ranks above the RNG step
   because accelerate's ``step`` is its own micro-batch counter, reset at every
@@ -54,7 +59,12 @@ _TORCH_FILES = re.compile(
     r"|sampler(_\d+)?\.bin|dl_state_dict(_\d+)?\.bin|scaler\.pt"
     r"|random_states_\d+\.pkl|custom_checkpoint_\d+\.pkl)$")
 _RNG = re.compile(r"^random_states_(\d+)\.pkl$")
-_OPTIMIZER = re.compile(r"^optimizer(_\d+)?\.bin$")
+_OPTIMIZER = re.compile(r"^optimizer(_\d+)?\.(bin|pt)$")
+# The Hugging Face Trainer's own files (transformers/trainer.py _save_checkpoint).
+_TRAINER_STATE = "trainer_state.json"
+_TRAINER_RNG = re.compile(r"^rng_state(_\d+)?\.pth$")
+_TRAINER_FILES = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|training_args\.bin"
+                            r"|rng_state(_\d+)?\.pth)$")
 _BIN_WEIGHTS = re.compile(r"^pytorch_model(_\d+)?\.bin$")
 _HOOK_WEIGHTS = re.compile(r"\.(safetensors|bin|pt|pth)$")
 _SHARDED_OPTIMIZER = re.compile(r"(^|/)optimizer_\d+/.+\.distcp$|optim_states\.pt$")
@@ -77,7 +87,7 @@ def _hook_weights(path: Path, files: dict[str, os.stat_result], subdirs: list[st
     found = False
     for name in sorted(files):
         if _HOOK_WEIGHTS.search(name) and not _TORCH_FILES.match(name) \
-                and not _SAFE_WEIGHTS.match(name):
+                and not _TRAINER_FILES.match(name) and not _SAFE_WEIGHTS.match(name):
             found = True
             _check_weight_file(path / name, out)
     for sub in sorted(subdirs):
@@ -160,6 +170,37 @@ def _check_shards(index: Path, out: _Findings) -> None:
             out.incomplete.append(err)
 
 
+def _is_trainer(files: dict[str, os.stat_result]) -> bool:
+    """A Hugging Face Trainer checkpoint: its own state files and no accelerate RNG file."""
+    if any(_RNG.match(n) for n in files):
+        return False
+    return _TRAINER_STATE in files or "training_args.bin" in files or any(
+        _TRAINER_RNG.match(n) for n in files)
+
+
+def _read_trainer_state(path: Path, out: _Findings) -> int | None:
+    """``global_step`` from the Trainer's trainer_state.json, written last of its files."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        out.incomplete.append(f"{_TRAINER_STATE} is missing (the Trainer writes it last: "
+                              "the save did not finish)")
+        return None
+    except OSError as exc:
+        out.broken.append(f"{_TRAINER_STATE} cannot be read: {exc.strerror or exc}")
+        return None
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        out.incomplete.append(f"{_TRAINER_STATE} is not valid JSON (cut short?)")
+        return None
+    step = data.get("global_step") if isinstance(data, dict) else None
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        out.broken.append(f"{_TRAINER_STATE}: global_step is {step!r}, expected a whole number")
+        return None
+    return step
+
+
 def inspect_checkpoint(path: Path, *, now: float | None = None,
                        writing_fresh_seconds: float = DEFAULT_WRITING_FRESH_SECONDS
                        ) -> CheckpointInfo:
@@ -181,7 +222,10 @@ def inspect_checkpoint(path: Path, *, now: float | None = None,
     mtime = max((st.st_mtime for st in files.values()), default=0.0)
     out = _Findings()
 
+    trainer = _is_trainer(files)
     train_step, train_epoch = _read_train_state(path / "train_state.json", out)
+    if trainer:
+        train_step = _read_trainer_state(path / _TRAINER_STATE, out)
 
     # Weights.
     weights = [n for n in files if _SAFE_WEIGHTS.match(n) or _BIN_WEIGHTS.match(n)
@@ -195,18 +239,21 @@ def inspect_checkpoint(path: Path, *, now: float | None = None,
                 out.incomplete.append(err)
         elif _SHARD_INDEX.match(name):
             _check_shards(path / name, out)
-        elif (_TORCH_FILES.match(name) and not _RNG.match(name)
-              and (err := check_torch_zip(path / name))):
+        elif ((_TORCH_FILES.match(name) and not _RNG.match(name)) or _TRAINER_FILES.match(name)) \
+                and (err := check_torch_zip(path / name)):
             out.incomplete.append(err)
     if not any(_OPTIMIZER.match(n) for n in files) and not _sharded_optimizer(path, subdirs):
-        out.incomplete.append("optimizer.bin is missing")
+        out.incomplete.append(f"{'optimizer.pt' if trainer else 'optimizer.bin'} is missing")
 
     # RNG files: the "save finished" marker, and accelerate's step.
     rng_step: int | None = None
     numpy_module: str | None = None
     rng_files = sorted((n for n in files if _RNG.match(n)),
                        key=lambda n: int(_RNG.match(n)[1]))  # type: ignore[index]
-    if "random_states_0.pkl" not in files:
+    if trainer:
+        if not any(_TRAINER_RNG.match(n) for n in files):
+            out.incomplete.append("rng_state.pth is missing (the save did not finish)")
+    elif "random_states_0.pkl" not in files:
         out.incomplete.append("random_states_0.pkl is missing (the save did not finish)")
     for name in rng_files:
         if err := check_torch_zip(path / name):
@@ -237,7 +284,7 @@ def inspect_checkpoint(path: Path, *, now: float | None = None,
     step: int | None
     source: str | None
     if train_step is not None:
-        step, source = train_step, "train_state.json"
+        step, source = train_step, _TRAINER_STATE if trainer else "train_state.json"
     elif parsed is not None and parsed.step is not None:
         step, source = parsed.step, "name"
     elif rng_step is not None:
@@ -266,4 +313,5 @@ def inspect_checkpoint(path: Path, *, now: float | None = None,
         status=status, problems=problems, mtime=mtime, rng_step=rng_step,
         train_state_step=train_step, numpy_module=numpy_module,
         final=parsed.final if parsed else False,
-        save_index=parsed.index if parsed else None)
+        save_index=parsed.index if parsed else None,
+        layout="trainer" if trainer else "accelerate")

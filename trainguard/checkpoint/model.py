@@ -31,7 +31,8 @@ class CheckpointInfo:
     path: Path                  # absolute
     name: str                   # folder name
     step: int | None            # best step known, see ``step_source``
-    step_source: str | None     # "train_state.json" | "name" | "random_states"
+    step_source: str | None     # "train_state.json" | "trainer_state.json" | "name" |
+                                # "random_states"
     epoch: int | None
     status: Status
     problems: tuple[str, ...]   # human-readable, one per problem
@@ -41,6 +42,7 @@ class CheckpointInfo:
     numpy_module: str | None    # "numpy.core" | "numpy._core": how the RNG pickle names numpy
     final: bool = False         # sd-scripts' end-of-training `{name}-state` folder
     save_index: int | None = None  # N of accelerate's automatic `checkpoint_{N}` name
+    layout: str = "accelerate"  # "accelerate" (save_state) | "trainer" (HF Trainer)
 
     @property
     def usable(self) -> bool:
@@ -63,4 +65,5 @@ class CheckpointInfo:
             "numpy_module": self.numpy_module,
             "final": self.final,
             "save_index": self.save_index,
+            "layout": self.layout,
         }

@@ -23,6 +23,8 @@ from trainguard.checkpoint.doctor import DEFAULT_WRITING_FRESH_SECONDS, inspect_
 from trainguard.checkpoint.model import CheckpointInfo, Status
 from trainguard.checkpoint.names import AUTOMATIC_FOLDER, parse_name
 
+TRAINING_STEP_SOURCES = ("train_state.json", "trainer_state.json", "name")
+
 Signature = tuple[int, tuple[tuple[str, int, int], ...]]
 
 
@@ -35,7 +37,7 @@ def sort_key(info: CheckpointInfo) -> tuple[int, int, int, int, int, int, str]:
     end-of-training folder last, then the epoch, then accelerate's save counter
     (``checkpoint_{N}``); the RNG step only breaks the ties left.
     """
-    trained = info.step if info.step_source in ("train_state.json", "name") else None
+    trained = info.step if info.step_source in TRAINING_STEP_SOURCES else None
     return (0 if trained is None else 1, -1 if trained is None else trained,
             1 if info.final else 0, -1 if info.epoch is None else info.epoch,
             -1 if info.save_index is None else info.save_index,
