@@ -79,6 +79,17 @@ def test_a_damaged_newest_is_skipped(out: Path, damage: str) -> None:
     assert best is not None and best.name == "checkpoint-10"
 
 
+def test_a_save_cut_after_the_optimizer_is_named_in_the_trainers_terms(out: Path) -> None:
+    newest = out / "checkpoint-12"
+    for name in ("scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin"):
+        (newest / name).unlink()
+    set_mtime(newest, OLD)
+    info = inspect_checkpoint(newest)
+    assert info.status is Status.INVALID and info.layout == "trainer"
+    assert not any("random_states" in p for p in info.problems), info.problems
+    assert any("rng_state.pth is missing" in p for p in info.problems)
+
+
 def test_a_fresh_save_without_trainer_state_is_being_written(out: Path) -> None:
     newest = out / "checkpoint-12"
     (newest / "trainer_state.json").unlink()

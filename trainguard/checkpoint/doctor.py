@@ -174,8 +174,10 @@ def _is_trainer(files: dict[str, os.stat_result]) -> bool:
     """A Hugging Face Trainer checkpoint: its own state files and no accelerate RNG file."""
     if any(_RNG.match(n) for n in files):
         return False
-    return _TRAINER_STATE in files or "training_args.bin" in files or any(
-        _TRAINER_RNG.match(n) for n in files)
+    # accelerate names its optimizer and scheduler files .bin; the Trainer's are .pt, so
+    # even a Trainer save cut short after its optimizer is recognised as one.
+    return any(n in files for n in (_TRAINER_STATE, "training_args.bin", "optimizer.pt",
+                                    "scheduler.pt")) or any(_TRAINER_RNG.match(n) for n in files)
 
 
 def _read_trainer_state(path: Path, out: _Findings) -> int | None:
