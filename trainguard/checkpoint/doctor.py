@@ -54,17 +54,17 @@ DEFAULT_WRITING_FRESH_SECONDS = 300.0
 
 _SAFE_WEIGHTS = re.compile(r"^model(_\d+)?\.safetensors$")
 _SHARD_INDEX = re.compile(r"^.+\.safetensors\.index\.json$|^pytorch_model.*\.bin\.index\.json$")
+# torch.save zip files of a training state: accelerate's, then the HF Trainer's own
+# (transformers/trainer.py _save_checkpoint).
 _TORCH_FILES = re.compile(
     r"^(pytorch_model(_\d+)?\.bin|optimizer(_\d+)?\.bin|scheduler(_\d+)?\.bin"
     r"|sampler(_\d+)?\.bin|dl_state_dict(_\d+)?\.bin|scaler\.pt"
-    r"|random_states_\d+\.pkl|custom_checkpoint_\d+\.pkl)$")
+    r"|random_states_\d+\.pkl|custom_checkpoint_\d+\.pkl"
+    r"|optimizer\.pt|scheduler\.pt|training_args\.bin|rng_state(_\d+)?\.pth)$")
 _RNG = re.compile(r"^random_states_(\d+)\.pkl$")
 _OPTIMIZER = re.compile(r"^optimizer(_\d+)?\.(bin|pt)$")
-# The Hugging Face Trainer's own files (transformers/trainer.py _save_checkpoint).
 _TRAINER_STATE = "trainer_state.json"
 _TRAINER_RNG = re.compile(r"^rng_state(_\d+)?\.pth$")
-_TRAINER_FILES = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|training_args\.bin"
-                            r"|rng_state(_\d+)?\.pth)$")
 _BIN_WEIGHTS = re.compile(r"^pytorch_model(_\d+)?\.bin$")
 _HOOK_WEIGHTS = re.compile(r"\.(safetensors|bin|pt|pth)$")
 _SHARDED_OPTIMIZER = re.compile(r"(^|/)optimizer_\d+/.+\.distcp$|optim_states\.pt$")
@@ -87,7 +87,7 @@ def _hook_weights(path: Path, files: dict[str, os.stat_result], subdirs: list[st
     found = False
     for name in sorted(files):
         if _HOOK_WEIGHTS.search(name) and not _TORCH_FILES.match(name) \
-                and not _TRAINER_FILES.match(name) and not _SAFE_WEIGHTS.match(name):
+                and not _SAFE_WEIGHTS.match(name):
             found = True
             _check_weight_file(path / name, out)
     for sub in sorted(subdirs):
@@ -120,37 +120,63 @@ class _Findings:
     defects: list[str] = field(default_factory=list)     # repairable
 
 
-def _read_train_state(path: Path, out: _Findings) -> tuple[int | None, int | None]:
-    """(current_step, current_epoch) from sd-scripts' train_state.json, if present."""
+def _read_state_json(path: Path, out: _Findings,
+                     missing: str | None = None) -> dict[str, object] | None:
+    """A small JSON state file (sd-scripts' train_state.json, the Trainer's
+    trainer_state.json) as a dict, or None with what was wrong noted in ``out``.
+    ``missing``: the problem to note when the file is absent (None: absent is fine)."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        return None, None
+        if missing is not None:
+            out.incomplete.append(missing)
+        return None
     except OSError as exc:
-        out.broken.append(f"train_state.json cannot be read: {exc.strerror or exc}")
-        return None, None
+        out.broken.append(f"{path.name} cannot be read: {exc.strerror or exc}")
+        return None
     if not raw:
-        out.incomplete.append("train_state.json is empty (0 bytes)")
-        return None, None
+        out.incomplete.append(f"{path.name} is empty (0 bytes)")
+        return None
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, ValueError):
-        out.incomplete.append("train_state.json is not valid JSON (cut short?)")
-        return None, None
+        out.incomplete.append(f"{path.name} is not valid JSON (cut short?)")
+        return None
     if not isinstance(data, dict):
-        out.broken.append("train_state.json is not a JSON object")
+        out.broken.append(f"{path.name} is not a JSON object")
+        return None
+    return data
+
+
+def _whole_number(data: dict[str, object], key: str, where: str, out: _Findings,
+                  required: bool = False) -> int | None:
+    """``data[key]`` when it is a whole number; otherwise None, noted as broken (an absent
+    key only when ``required``)."""
+    v = data.get(key)
+    if v is None and not required:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        out.broken.append(f"{where}: {key} is {v!r}, expected a whole number")
+        return None
+    return v
+
+
+def _read_train_state(path: Path, out: _Findings) -> tuple[int | None, int | None]:
+    """(current_step, current_epoch) from sd-scripts' train_state.json, if present."""
+    data = _read_state_json(path, out)
+    if data is None:
         return None, None
+    return (_whole_number(data, "current_step", path.name, out),
+            _whole_number(data, "current_epoch", path.name, out))
 
-    def num(key: str) -> int | None:
-        v = data.get(key)
-        if v is None:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            out.broken.append(f"train_state.json: {key} is {v!r}, expected a whole number")
-            return None
-        return v
 
-    return num("current_step"), num("current_epoch")
+def _read_trainer_state(path: Path, out: _Findings) -> int | None:
+    """``global_step`` from the Trainer's trainer_state.json, written last of its files."""
+    data = _read_state_json(path, out, missing=f"{path.name} is missing (the Trainer writes "
+                                               "it last: the save did not finish)")
+    if data is None:
+        return None
+    return _whole_number(data, "global_step", path.name, out, required=True)
 
 
 def _check_shards(index: Path, out: _Findings) -> None:
@@ -178,29 +204,6 @@ def _is_trainer(files: dict[str, os.stat_result]) -> bool:
     # even a Trainer save cut short after its optimizer is recognised as one.
     return any(n in files for n in (_TRAINER_STATE, "training_args.bin", "optimizer.pt",
                                     "scheduler.pt")) or any(_TRAINER_RNG.match(n) for n in files)
-
-
-def _read_trainer_state(path: Path, out: _Findings) -> int | None:
-    """``global_step`` from the Trainer's trainer_state.json, written last of its files."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        out.incomplete.append(f"{_TRAINER_STATE} is missing (the Trainer writes it last: "
-                              "the save did not finish)")
-        return None
-    except OSError as exc:
-        out.broken.append(f"{_TRAINER_STATE} cannot be read: {exc.strerror or exc}")
-        return None
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        out.incomplete.append(f"{_TRAINER_STATE} is not valid JSON (cut short?)")
-        return None
-    step = data.get("global_step") if isinstance(data, dict) else None
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        out.broken.append(f"{_TRAINER_STATE}: global_step is {step!r}, expected a whole number")
-        return None
-    return step
 
 
 def inspect_checkpoint(path: Path, *, now: float | None = None,
@@ -241,8 +244,8 @@ def inspect_checkpoint(path: Path, *, now: float | None = None,
                 out.incomplete.append(err)
         elif _SHARD_INDEX.match(name):
             _check_shards(path / name, out)
-        elif ((_TORCH_FILES.match(name) and not _RNG.match(name)) or _TRAINER_FILES.match(name)) \
-                and (err := check_torch_zip(path / name)):
+        elif (_TORCH_FILES.match(name) and not _RNG.match(name)
+              and (err := check_torch_zip(path / name))):
             out.incomplete.append(err)
     if not any(_OPTIMIZER.match(n) for n in files) and not _sharded_optimizer(path, subdirs):
         out.incomplete.append(f"{'optimizer.pt' if trainer else 'optimizer.bin'} is missing")
