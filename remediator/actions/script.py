@@ -99,12 +99,7 @@ def _tokenize_sh(text: str, lineno: int, where: str) -> tuple[list[Token], bool]
         if c == "\\" and i == n - 1:
             return tokens, True
         if c in "|&;<>()":
-            j = i + 1
-            while j < n and text[i:j + 1] in ("||", "&&", ";;", ">>", ">&", "&>", "<<",
-                                               "<&", "|&", "&>>", ">|"):
-                j += 1
-            tokens.append(Token(lineno, i, j, text[i:j], True))
-            i = j
+            i = _operator(tokens, text, lineno, i, _SH_OPERATORS)
             continue
         start, value = i, []
         while i < n and text[i] not in " \t|&;<>()":
@@ -141,6 +136,21 @@ def _tokenize_sh(text: str, lineno: int, where: str) -> tuple[list[Token], bool]
     return tokens, False
 
 
+_SH_OPERATORS = frozenset({"||", "&&", ";;", ">>", ">&", "&>", "<<", "<&", "|&", "&>>", ">|"})
+_BAT_OPERATORS = frozenset({"||", "&&", ">>", ">&", "<&"})
+
+
+def _operator(tokens: list[Token], text: str, lineno: int, i: int,
+              longer: frozenset[str]) -> int:
+    """Append the operator starting at ``i``, as long as ``longer`` allows (``&&``,
+    ``>>``...); return where scanning goes on."""
+    j = i + 1
+    while j < len(text) and text[i:j + 1] in longer:
+        j += 1
+    tokens.append(Token(lineno, i, j, text[i:j], True))
+    return j
+
+
 def _end_word(tokens: list[Token], text: str, lineno: int, start: int, i: int,
               word: str) -> int:
     """Append the word that ends at ``i`` (or, for ``2>&1``-like text, the redirection
@@ -170,11 +180,7 @@ def _tokenize_bat(text: str, lineno: int, where: str) -> tuple[list[Token], bool
         if c == "^" and i == n - 1:
             return tokens, True
         if c in "|&<>()":
-            j = i + 1
-            while j < n and text[i:j + 1] in ("||", "&&", ">>", ">&", "<&"):
-                j += 1
-            tokens.append(Token(lineno, i, j, text[i:j], True))
-            i = j
+            i = _operator(tokens, text, lineno, i, _BAT_OPERATORS)
             continue
         start, value = i, []
         while i < n and text[i] not in " \t|&<>()":
