@@ -110,8 +110,10 @@ def make_run(base: Path, name: str, *, steps: int = 30, save_every: int = 10,
     return Run(name, root, out, script, out / "train.log", record, marker)
 
 
-def write_config(base: Path, runs: list[Run], **remediator: Any) -> Path:
-    """A config file with short timeouts; keyword arguments override remediator keys."""
+def write_config(base: Path, runs: list[Run], *, jobs: tuple[dict[str, Any], ...] = (),
+                 **remediator: Any) -> Path:
+    """A config file with short timeouts; ``jobs`` are more job entries beside the runs'
+    (non-FluxGym jobs), keyword arguments override remediator keys."""
     token_file = base / "secrets" / "webhook-token"
     token_file.parent.mkdir(parents=True, exist_ok=True)
     token_file.write_text(TOKEN + "\n")
@@ -124,7 +126,7 @@ def write_config(base: Path, runs: list[Run], **remediator: Any) -> Path:
     }
     rem.update(remediator)
     path = base / "trainguard.yaml"
-    path.write_text(yaml.safe_dump({"jobs": [r.job_config() for r in runs],
+    path.write_text(yaml.safe_dump({"jobs": [r.job_config() for r in runs] + list(jobs),
                                     "remediator": rem}))
     return path
 

@@ -8,6 +8,8 @@ checkpoint a resumed run loaded and which step it started from.
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import threading
@@ -15,8 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.common import wait_for
+from helpers.common import REPO, wait_for
 from helpers.remediator import (
+    VENV_BIN,
     Run,
     alive_pids,
     job_tree_pids,
@@ -332,28 +335,14 @@ def test_resolved_alert_cancels_an_incident_still_waiting(tmp_path: Path) -> Non
 def test_hung_hf_trainer_command_job_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     # Not FluxGym: a Hugging Face Trainer run configured as a command, resumed with the
     # Trainer's own --resume_from_checkpoint flag from a checkpoint the doctor judged.
-    import json
-    import os
-
-    import yaml
-    from helpers.common import REPO
-    from helpers.remediator import TOKEN, VENV_BIN
-
     out = tmp_path / "hf-out"
     log = tmp_path / "hf.log"
     command = [sys.executable, str(REPO / "tests" / "fixtures" / "hf_trainer.py"), str(out),
                "--max_steps", "20", "--hang_at", "13"]
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN)
-    token_file.chmod(0o600)
-    config = tmp_path / "trainguard.yaml"
-    config.write_text(yaml.safe_dump({
-        "jobs": [{"name": "hf-run", "output_dir": str(out), "log_file": str(log),
-                  "launch": {"command": command, "workdir": str(tmp_path),
-                             "resume_flag": "--resume_from_checkpoint"}}],
-        "remediator": {"token_file": str(token_file), "state_path": str(tmp_path / "s.db"),
-                       "kill_grace_seconds": 3, "gpu_release_timeout_seconds": 2,
-                       "verify_alive_seconds": 1.5}}))
+    config = write_config(tmp_path, [], jobs=({
+        "name": "hf-run", "output_dir": str(out), "log_file": str(log),
+        "launch": {"command": command, "workdir": str(tmp_path),
+                   "resume_flag": "--resume_from_checkpoint"}},))
     env = dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
     with open(log, "ab") as f:
         proc = subprocess.Popen(command, cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT,
