@@ -60,7 +60,7 @@ from trainguard.process import JobProcess, alive, job_processes
 from . import repair as repair_mod
 from .actions import kill as kill_mod
 from .actions import launch as launch_mod
-from .actions.script import ScriptError, resume_argv, write_resumed_copy
+from .actions.script import FlagSet, ScriptError, resume_argv, write_resumed_copy
 from .store import Incident, Store
 
 log = logging.getLogger("remediator")
@@ -349,14 +349,16 @@ class Remediator:
                         argv = ["bash", f"<copy of {launch.script} with {launch.resume_flag} "
                                         f"{choice.path}>"]
                     else:
-                        copy = write_resumed_copy(launch.script, launch.resume_flag, choice.path)
+                        copy = write_resumed_copy(
+                            launch.script, FlagSet.resume(launch.resume_flag, choice.path))
                         self._note(job, inc, "script", "ok",
                                    f"wrote {copy} with {launch.resume_flag} {choice.path}; "
                                    f"{launch.script} untouched")
                         argv = launch_mod.script_argv(copy)
                 else:
                     assert launch.command is not None
-                    argv = resume_argv(launch.command, launch.resume_flag, str(choice.path))
+                    argv = resume_argv(launch.command,
+                                       FlagSet.resume(launch.resume_flag, choice.path))
             else:
                 if not rc.restart_from_scratch:
                     self._give_up(job, inc, "no usable checkpoint and restart_from_scratch is "

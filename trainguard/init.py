@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainguard.config import JOB_NAME_RE, load_config
+from trainguard.script import ScriptError, flag_value, read_script
 
 if TYPE_CHECKING:
     from trainguard.cli import CommandRegistry
@@ -82,19 +83,13 @@ def _find_script(output_dir: Path) -> Path:
 
 
 def _script_output_dir(script: Path, workdir: Path) -> Path | None:
-    """The ``--output_dir`` the script really writes to, resolved as FluxGym would run it."""
-    text = script.read_text(encoding="utf-8", errors="replace")
-    text = re.sub(r"[\\^]\r?\n", " ", text)
-    words = [w.strip('"') for w in shlex.split(text, posix=False)] if text else []
-    for i, w in enumerate(words):
-        value = None
-        if w == "--output_dir" and i + 1 < len(words):
-            value = words[i + 1]
-        elif w.startswith("--output_dir="):
-            value = w.split("=", 1)[1]
-        if value:
-            return (workdir / value).resolve()
-    return None
+    """The ``--output_dir`` the script really writes to, resolved as FluxGym would run it
+    (read by the one script reader, so quotes and continuations are the shell's)."""
+    try:
+        value = flag_value(read_script(script).command, "--output_dir")
+    except ScriptError:
+        return None
+    return (workdir / value).resolve() if value else None
 
 
 def _rel(path: Path, base: Path) -> str:

@@ -30,12 +30,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from trainguard.config import JobConfig
+from trainguard.script import ScriptError, flag_value, read_script
 
 log = logging.getLogger(__name__)
 
@@ -193,29 +193,6 @@ class LogFollower:
 _output_name_cache: dict[tuple[str, int, int], str] = {}
 
 
-def _script_args(path: Path) -> list[str]:
-    """The words of a FluxGym/sd-scripts script, continuation lines joined."""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if path.suffix.lower() in (".bat", ".cmd"):
-        text = re.sub(r"\^\r?\n", " ", text)
-        return [w.strip('"') for w in shlex.split(text, posix=False)]
-    text = re.sub(r"\\\r?\n", " ", text)
-    try:
-        return shlex.split(text, comments=True)
-    except ValueError:
-        return text.split()
-
-
-def _flag_value(args: list[str], flag: str) -> str | None:
-    value: str | None = None
-    for i, arg in enumerate(args):
-        if arg == flag and i + 1 < len(args):
-            value = args[i + 1]
-        elif arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1]
-    return value  # the last one wins, as with argparse
-
-
 def output_name(job: JobConfig) -> str:
     """``--output_name`` from the job's launch script or command; sd-scripts' default otherwise.
 
@@ -225,7 +202,7 @@ def output_name(job: JobConfig) -> str:
     if launch is None:
         return DEFAULT_OUTPUT_NAME
     if launch.command is not None:
-        return _flag_value(list(launch.command), "--output_name") or DEFAULT_OUTPUT_NAME
+        return flag_value(launch.command, "--output_name") or DEFAULT_OUTPUT_NAME
     if launch.script is None:
         return DEFAULT_OUTPUT_NAME
     try:
@@ -236,8 +213,8 @@ def output_name(job: JobConfig) -> str:
     cached = _output_name_cache.get(key)
     if cached is None:
         try:
-            cached = _flag_value(_script_args(launch.script), "--output_name")
-        except OSError:
+            cached = flag_value(read_script(launch.script).command, "--output_name")
+        except ScriptError:
             cached = None
         cached = cached or DEFAULT_OUTPUT_NAME
         _output_name_cache[key] = cached

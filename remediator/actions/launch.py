@@ -32,8 +32,7 @@ import psutil
 
 from trainguard.config import JobConfig
 from trainguard.process import alive, job_processes, same_process
-
-from .script import ScriptError, script_kind, training_words
+from trainguard.script import ScriptError, read_script, script_kind
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +171,8 @@ def find_python(job: JobConfig, env: Mapping[str, str]) -> str | None:
         return None
     try:
         words = list(launch.command) if launch.command is not None else (
-            training_words(launch.script) if launch.script is not None else [])
-    except (OSError, ScriptError):
+            list(read_script(launch.script).command) if launch.script is not None else [])
+    except ScriptError:
         return None
     i = 0
     while i < len(words) and (re.match(r"^[A-Za-z_]\w*=", words[i]) or

@@ -20,6 +20,7 @@ import pytest
 from helpers.common import REPO
 
 from remediator.actions.script import (
+    FlagSet,
     ScriptError,
     resume_argv,
     resumed_copy_path,
@@ -73,7 +74,7 @@ def test_fluxgym_sh_copy_runs_with_the_flag_and_leaves_the_original(tmp_path: Pa
     original = (FLUXGYM / "train.sh").read_bytes()
     script.write_bytes(original)
     script.chmod(0o750)
-    copy = write_resumed_copy(script, "--resume", Path(CKPT))
+    copy = write_resumed_copy(script, FlagSet.resume("--resume", Path(CKPT)))
     assert copy == tmp_path / "train.trainguard-resume.sh"
     assert script.read_bytes() == original
     assert stat.S_IMODE(copy.stat().st_mode) == 0o750
@@ -90,13 +91,13 @@ def test_fluxgym_bat_copy_keeps_crlf_and_carries_the_flag(tmp_path: Path) -> Non
     original = (FLUXGYM / "train.bat").read_bytes()
     script.write_bytes(original)
     win = r"C:\pinokio\api\fluxgym.git\outputs\my lora\my-lora-000004-state"
-    copy = write_resumed_copy(script, "--resume", Path("/abs/placeholder"))
+    copy = write_resumed_copy(script, FlagSet.resume("--resume", Path("/abs/placeholder")))
     text = copy.read_bytes().decode()
     assert script.read_bytes() == original
     assert "\n" not in text.replace("\r\n", "")  # every line still ends in CRLF
     assert flag_values(bat_words(text), "--resume") == ["/abs/placeholder"]
     # a Windows path with spaces, written by the same code path
-    new = rewrite(original.decode(), "bat", "--resume", win)
+    new = rewrite(original.decode(), "bat", FlagSet((("--resume", win),)))
     words = bat_words(new)
     assert flag_values(words, "--resume") == [win]
     assert [w for w in words if w not in ("--resume", win)] == bat_words(original.decode())
@@ -143,7 +144,7 @@ def test_every_sh_shape_gets_exactly_one_flag(tmp_path: Path, shape: str) -> Non
     script = tmp_path / "train.sh"
     script.write_text(SHAPES[shape])
     (tmp_path / "train.py").write_text("")
-    copy = write_resumed_copy(script, "--resume", Path(CKPT))
+    copy = write_resumed_copy(script, FlagSet.resume("--resume", Path(CKPT)))
     subprocess.run(["bash", "-n", str(copy)], check=True)
     argv = run_sh(tmp_path, copy)
     assert flag_values(argv, "--resume") == [CKPT], copy.read_text()
@@ -154,20 +155,20 @@ def test_every_sh_shape_gets_exactly_one_flag(tmp_path: Path, shape: str) -> Non
 def test_python_m_module_is_a_training_command(tmp_path: Path) -> None:
     script = tmp_path / "train.sh"
     script.write_text("cd sd-scripts\npython -m library.train_network --seed 1 | tee log\n")
-    argv = run_sh(tmp_path, write_resumed_copy(script, "--resume", Path(CKPT)))
+    argv = run_sh(tmp_path, write_resumed_copy(script, FlagSet.resume("--resume", Path(CKPT))))
     assert argv == ["-m", "library.train_network", "--seed", "1", "--resume", CKPT]
 
 
 def test_flags_other_than_resume_survive(tmp_path: Path) -> None:
     script = tmp_path / "train.sh"
     script.write_text(SHAPES["existing --resume X in the middle"])
-    argv = run_sh(tmp_path, write_resumed_copy(script, "--resume", Path(CKPT)))
+    argv = run_sh(tmp_path, write_resumed_copy(script, FlagSet.resume("--resume", Path(CKPT))))
     assert argv == ["launch", "train.py", "--loss_type", "l2", "--resume", CKPT]
 
 
 def test_similar_flag_names_are_not_touched() -> None:
     text = "accelerate launch train.py --resume_from_huggingface x --resumes y\n"
-    new = rewrite(text, "sh", "--resume", "/p")
+    new = rewrite(text, "sh", FlagSet((("--resume", "/p"),)))
     words = shlex.split(new)
     assert words[:7] == shlex.split(text)
     assert flag_values(words, "--resume") == ["/p"]
@@ -175,7 +176,7 @@ def test_similar_flag_names_are_not_touched() -> None:
 
 def test_diffusers_flag_name() -> None:
     text = "accelerate launch train_dreambooth.py --resume_from_checkpoint latest\n"
-    new = rewrite(text, "sh", "--resume_from_checkpoint", "/o/checkpoint-500")
+    new = rewrite(text, "sh", FlagSet((("--resume_from_checkpoint", "/o/checkpoint-500"),)))
     assert flag_values(shlex.split(new), "--resume_from_checkpoint") == ["/o/checkpoint-500"]
 
 
@@ -184,34 +185,35 @@ def test_no_training_command_is_a_clear_error(tmp_path: Path) -> None:
     script.write_text("echo hello\nls -l\npython -m pip install -r requirements.txt\n"
                       "python setup.py develop\n")
     with pytest.raises(ScriptError, match=r"train\.sh: no training command"):
-        write_resumed_copy(script, "--resume", Path(CKPT))
+        write_resumed_copy(script, FlagSet.resume("--resume", Path(CKPT)))
     assert not resumed_copy_path(script).exists()
 
 
 def test_unterminated_quote_is_a_clear_error() -> None:
     with pytest.raises(ScriptError, match="line 2: unterminated"):
-        rewrite("accelerate launch \\\n  train.py --x 'oops\n", "sh", "--resume", "/p")
+        rewrite("accelerate launch \\\n  train.py --x 'oops\n", "sh",
+                FlagSet((("--resume", "/p"),)))
 
 
 def test_relative_checkpoint_refused(tmp_path: Path) -> None:
     script = tmp_path / "train.sh"
     script.write_text("accelerate launch train.py\n")
     with pytest.raises(ScriptError, match="absolute"):
-        write_resumed_copy(script, "--resume", Path("outputs/x-state"))
+        write_resumed_copy(script, FlagSet.resume("--resume", Path("outputs/x-state")))
 
 
 def test_rewriting_an_old_copy_replaces_it_whole(tmp_path: Path) -> None:
     script = tmp_path / "train.sh"
     script.write_text(SHAPES["flags sharing a line"])
-    write_resumed_copy(script, "--resume", Path("/first"))
-    copy = write_resumed_copy(script, "--resume", Path("/second"))
+    write_resumed_copy(script, FlagSet.resume("--resume", Path("/first")))
+    copy = write_resumed_copy(script, FlagSet.resume("--resume", Path("/second")))
     assert flag_values(run_sh(tmp_path, copy), "--resume") == ["/second"]
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
 
 
 def test_command_jobs_argv() -> None:
     cmd = ("accelerate", "launch", "t.py", "--resume", "/old", "--x", "1", "--resume=/o2")
-    assert resume_argv(cmd, "--resume", "/new") == [
+    assert resume_argv(cmd, FlagSet((("--resume", "/new"),))) == [
         "accelerate", "launch", "t.py", "--x", "1", "--resume", "/new"]
-    assert json.dumps(resume_argv(("python", "t.py"), "--resume", "/a b")) == \
+    assert json.dumps(resume_argv(("python", "t.py"), FlagSet((("--resume", "/a b"),)))) == \
         '["python", "t.py", "--resume", "/a b"]'
