@@ -12,6 +12,7 @@ absolute paths only.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,10 @@ from typing import Any, TypeVar
 import yaml
 
 JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9_.-]+$")
+# The arguments by which a training command names where it writes (trainguard.process,
+# rule 3): sd-scripts, diffusers examples and the HF Trainer all use --output_dir.
+DEFAULT_OUTPUT_FLAGS = ("--output_dir", "--output-dir", "--outdir", "--out_dir")
+FLAG_RE = re.compile(r"^--?[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DEFAULT_EXPORTER_LISTEN = "127.0.0.1:9842"
 DEFAULT_REMEDIATOR_LISTEN = "127.0.0.1:9843"
 
@@ -95,6 +100,9 @@ class JobConfig:
     # finds the step in one log line, for trainers whose progress bar is not a ``steps:``
     # tqdm bar (HF Trainer's has no description).  None: the ``steps:`` bar.
     step_pattern: str | None = None
+    # The flags whose value names output_dir in this job's training command (the job
+    # rule's third kind of root); the usual spellings unless the trainer has its own.
+    output_flags: tuple[str, ...] = DEFAULT_OUTPUT_FLAGS
 
 
 @dataclass(frozen=True)
@@ -185,6 +193,8 @@ class _Reader:
     def number(self, value: Any, keypath: str, minimum: float = 0.0) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.fail(keypath, f"expected a number, got {_kind(value)}")
+        if not math.isfinite(value):
+            raise self.fail(keypath, f"expected a finite number, got {value}")
         if value < minimum:
             raise self.fail(keypath, f"expected a number >= {minimum:g}, got {value}")
         return float(value)
@@ -237,11 +247,16 @@ def _launch(r: _Reader, data: Any, kp: str) -> LaunchConfig:
         command = tuple(r.string(x, _join(_join(kp, "command"), i)) for i, x in enumerate(raw))
     if (script is None) == (command is None):
         raise r.fail(kp, "expected exactly one of 'script' or 'command'")
+    if script is not None and not script.is_file():
+        raise r.fail(_join(kp, "script"), f"no such file: {script} (a launch script that "
+                                           "is not there can never be resumed)")
     workdir = r.opt(d, "workdir", kp, r.path, None)
     if workdir is None:
         workdir = script.parent if script is not None else r.base
+    if not workdir.is_dir():
+        raise r.fail(_join(kp, "workdir"), f"no such folder: {workdir}")
     resume_flag = r.opt(d, "resume_flag", kp, r.string, "--resume")
-    if not resume_flag.startswith("-") or any(c.isspace() for c in resume_flag):
+    if not FLAG_RE.match(resume_flag):
         raise r.fail(_join(kp, "resume_flag"),
                      f"expected a flag such as --resume, got {resume_flag!r}")
     env: dict[str, str] = {}
@@ -260,7 +275,7 @@ def _launch(r: _Reader, data: Any, kp: str) -> LaunchConfig:
 
 def _job(r: _Reader, data: Any, kp: str) -> JobConfig:
     d = r.mapping(data, kp, {"name", "output_dir", "launch", "log_file", "startup_grace_seconds",
-                             "gpus", "step_pattern"})
+                             "gpus", "step_pattern", "output_flags"})
     for required in ("name", "output_dir"):
         if d.get(required) is None:
             raise r.fail(_join(kp, required), "required key is missing")
@@ -277,7 +292,21 @@ def _job(r: _Reader, data: Any, kp: str) -> JobConfig:
         startup_grace_seconds=r.opt(d, "startup_grace_seconds", kp, r.number, None),
         gpus=r.opt(d, "gpus", kp, lambda v, k: _gpus(r, v, k), None),
         step_pattern=r.opt(d, "step_pattern", kp, lambda v, k: _step_pattern(r, v, k), None),
+        output_flags=r.opt(d, "output_flags", kp, lambda v, k: _flags(r, v, k),
+                           DEFAULT_OUTPUT_FLAGS),
     )
+
+
+def _flags(r: _Reader, value: Any, kp: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise r.fail(kp, "expected a non-empty list of flags such as --output_dir")
+    out = []
+    for i, item in enumerate(value):
+        text = r.string(item, _join(kp, i))
+        if not FLAG_RE.match(text):
+            raise r.fail(_join(kp, i), f"expected a flag such as --output_dir, got {text!r}")
+        out.append(text)
+    return tuple(out)
 
 
 def _step_pattern(r: _Reader, value: Any, kp: str) -> str:
@@ -369,11 +398,25 @@ def parse_config(data: Any, file: Path) -> Config:
     if not isinstance(raw_jobs, list) or not raw_jobs:
         raise r.fail("jobs", "expected a non-empty list of jobs")
     jobs = tuple(_job(r, j, _join("jobs", i)) for i, j in enumerate(raw_jobs))
-    seen: set[str] = set()
+    names: dict[str, int] = {}
+    dirs: dict[Path, int] = {}
+    scripts: dict[Path, int] = {}
     for i, job in enumerate(jobs):
-        if job.name in seen:
-            raise r.fail(_join(_join("jobs", i), "name"), f"duplicate job name {job.name!r}")
-        seen.add(job.name)
+        kp = _join("jobs", i)
+        if job.name in names:
+            raise r.fail(_join(kp, "name"), f"duplicate job name {job.name!r}")
+        names[job.name] = i
+        # Two jobs on one folder would each see the other's run as its own.
+        if job.output_dir in dirs:
+            raise r.fail(_join(kp, "output_dir"), f"{job.output_dir} is already the output_dir "
+                                                  f"of jobs[{dirs[job.output_dir]}]")
+        dirs[job.output_dir] = i
+        script = job.launch.script if job.launch is not None else None
+        if script is not None:
+            if script in scripts:
+                raise r.fail(_join(_join(kp, "launch"), "script"),
+                             f"{script} is already the launch script of jobs[{scripts[script]}]")
+            scripts[script] = i
     exporter = ExporterConfig() if top.get("exporter") is None else _exporter(
         r, top["exporter"], "exporter")
     raw_remediator = top.get("remediator")

@@ -1,52 +1,82 @@
 """Which processes belong to a training job: the one rule trainguard reports and kills by.
 
-Why a rule about paths and not names: the old monitor (seed 004) killed every process
-whose command line mentioned ``flux_train_network.py`` or ``accelerate launch``, so a
-second run on the same host, or a run in another FluxGym copy, died with the stuck one.
-Here a process belongs to a job only when
+A job's processes are its **training roots** and their descendants.  A root is a process
+that runs
 
-* one of its arguments (``--flag=value`` counts as ``value``) resolves, against *that
-  process's own* working directory, to the job's ``output_dir`` or a path inside it, or
-  to the job's launch script or the resumed copy of it the remediator writes beside it
-  (:func:`resumed_script_path`); or
-* it descends from such a process (``bash train.sh`` -> ``accelerate launch`` -> the
-  python worker whose own arguments may name only absolute model paths).
+1. the job's launch script or the resumed copy the remediator writes beside it
+   (:func:`resumed_script_path`): a shell (``bash``, ``sh``...) or ``cmd /c`` whose
+   *script argument* is that file;
+2. the job's configured ``command`` (the same program and arguments, from the job's
+   workdir; the flags a resume sets are left out of the comparison); or
+3. a training command (``python``/``accelerate``/``torchrun``/``deepspeed`` running a
+   ``.py`` file or a ``-m`` module, also behind ``uv run``, ``conda run``...: the test of
+   :func:`trainguard.script.is_training_command`) whose *output argument*
+   (``--output_dir`` and the usual spellings, or the job's ``output_flags``) names the
+   job's ``output_dir``.
 
-Paths are compared by components after resolving, so ``outputs/my-lora2`` never matches
-``outputs/my-lora``.  Two exceptions keep observers out of the job: an argument naming
-only the job's ``log_file`` does not count (``tail -f train.log`` would otherwise keep
-the job "up" forever after training died, and the remediator would kill the user's
-terminal), and trainguard's own process is never part of a job.
+Anything else that merely mentions a path in the folder is a **bystander**, never counted
+and never signalled: ``python -m http.server --directory outputs/a``, ``rsync -a outputs/a/
+backup/``, ``cp -r``, ``less …/model.safetensors``, ``vi outputs/a/train.sh``, ``tail -f
+train.log``, ``tensorboard --logdir outputs/a``, ``watch ls outputs/a``, an exporter whose
+``--config`` sits in the folder.  The old rule ("any argument inside output_dir, plus
+descendants") signalled every one of them, and one such bystander kept the job "up" after
+the trainer died, so ``TrainingProcessDown`` never fired.
+
+When output folders nest (a second job writes to ``outputs/a/sub``), a process belongs to
+the most specific job only: a process that is itself a root of one job is never counted
+for another job through descent, and a root of two jobs goes to the one whose output_dir
+is deepest.  Paths compare after resolving symlinks and ``.`` on both sides (the config
+loader resolves, and each process's relative arguments are resolved against its *own*
+working directory), so an output_dir written through a symlink or as ``.`` matches.
 
 The exporter reports ``trainguard_job_process_*`` from :class:`ProcessMatcher`; the
-remediator's killer re-runs the same rule right before it signals, and uses
-:func:`same_process` so a pid recycled by the kernel is never signalled.
+remediator kills by the same matcher (over all jobs, so nesting is judged the same way)
+and calls :func:`same_process` right before each signal, so a pid recycled by the kernel
+is never signalled.  A descendant stays the job's after its parent dies (membership is
+decided once per process and kept for its life), so the workers of a killed launcher are
+still stopped; a process first seen after its root already died belongs to the job only
+if it is a root itself, which every sd-scripts, diffusers and Trainer process is (they
+all pass ``--output_dir``).
 
-Cost: one pass over ``psutil.process_iter`` for all jobs; ``cwd`` (a readlink) and path
-resolution happen only for processes whose command line contains the last path
-component of a job's output_dir or script, so a host with ~1,000 processes costs one
-cmdline/stat read per process and almost nothing else.
+Cost, per scrape: one listing of ``/proc``; ``stat``/``cmdline`` only for pids not seen
+before (identity = pid + start time), for pids the kernel may have handed out again since
+the last pass (it allocates pids cyclically; ``/proc/loadavg`` names the last one and
+``/proc/stat`` counts forks, so the range that can hold new processes is known), for
+processes seen in the last :data:`YOUNG_SECONDS` (a shell may still ``exec`` into the
+trainer) and for the jobs' own processes (their state and parent change).  A verdict is
+computed once per process.  ``cwd`` (a readlink) is read only for shells running a
+script and for training commands.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 from trainguard.config import JobConfig
+from trainguard.script import SHELLS, flag_values, is_training_command, program
 
 log = logging.getLogger(__name__)
 
 ZOMBIE = psutil.STATUS_ZOMBIE
-_ATTRS = ["pid", "ppid", "cmdline", "create_time", "status"]
 # Two create_time readings of one process agree to the clock tick (1/100 s); a recycled
 # pid is a process started later, far more than this apart in practice.
 _CREATE_TIME_TOLERANCE = 0.05
+# A process seen for the first time this recently is re-read on each pass: a shell that
+# was caught between fork and exec becomes the trainer under the same pid.
+YOUNG_SECONDS = 30.0
+# Flags a resume may add to a configured command (the resume flag itself, and the
+# starting point trainer profiles pass): left out when recognising that command.
+RESUME_SET_FLAGS = ("--initial_epoch", "--initial_step", "--skip_until_initial_step")
+# Shell options that take the next word as their value, so it is not the script.
+_SHELL_OPTS_WITH_VALUE = frozenset({"-o", "+o", "-O", "+O", "--rcfile", "--init-file"})
 
 
 @dataclass(frozen=True)
@@ -55,7 +85,8 @@ class JobProcess:
 
     ``status`` is psutil's (``running``, ``sleeping``, ``zombie``...).  A zombie has
     already exited and waits for its parent to reap it: it is listed (so people see
-    it) but it is not :attr:`alive`, holds no GPU memory and cannot be killed.
+    it) but it is not :attr:`alive`, holds no GPU memory and cannot be killed.  ``root``
+    says whether it is a training root of the job (not merely a descendant).
     """
 
     pid: int
@@ -63,93 +94,179 @@ class JobProcess:
     create_time: float
     cmdline: tuple[str, ...]
     status: str
+    root: bool = False
 
     @property
     def alive(self) -> bool:
         return self.status != ZOMBIE
 
 
-@dataclass(frozen=True)
-class _Targets:
-    """What one job's processes are recognised by, precomputed once."""
-
-    name: str
-    dirs: tuple[tuple[str, ...], ...]      # output_dir as path components
-    files: tuple[tuple[str, ...], ...]     # launch script
-    ignored: tuple[tuple[str, ...], ...]   # the log file: observers are not the job
-    needles: tuple[str, ...]               # cheap substring prefilter
-
-
 def resumed_script_path(script: Path) -> Path:
     """Where the remediator writes the resumed copy of ``script``: beside it, named so
     it is unmistakably trainguard's.  Defined here because it is part of the job rule:
-    the copy's own ``bash`` process must count as the job even when the script lives
-    outside the output folder."""
+    the copy's own shell process is a root of the job."""
     return script.with_name(f"{script.stem}.trainguard-resume{script.suffix}")
 
 
-def _parts(path: str | Path) -> tuple[str, ...]:
-    return Path(path).parts
+def _real(path: str | Path) -> str:
+    return os.path.realpath(path)
 
 
-def _targets(job: JobConfig) -> _Targets:
-    dirs = (_parts(job.output_dir),)
-    files: tuple[tuple[str, ...], ...] = ()
-    if job.launch is not None and job.launch.script is not None:
-        files = (_parts(job.launch.script), _parts(resumed_script_path(job.launch.script)))
-    ignored = (_parts(job.log_file),) if job.log_file is not None else ()
-    needles = tuple({p[-1] for p in dirs + files if p and p[-1] != os.sep})
-    return _Targets(job.name, dirs, files, ignored, needles)
+@dataclass(frozen=True)
+class _Rule:
+    """What one job's roots look like, precomputed once (all paths real)."""
+
+    name: str
+    output_dir: str
+    depth: int                              # path components: deeper = more specific
+    scripts: frozenset[str]                 # launch script and its resumed copy
+    command: tuple[str, ...] | None         # configured command, resume flags left out
+    workdir: str | None
+    output_flags: tuple[str, ...]
+    dropped: tuple[str, ...]                # flags a resume sets
 
 
-def _arg_values(cmdline: Sequence[str]) -> Iterable[str]:
-    """Every argument, and for ``--flag=value`` also the value."""
-    for arg in cmdline:
-        yield arg
-        if arg.startswith("-") and "=" in arg:
-            yield arg.split("=", 1)[1]
+def _rule(job: JobConfig) -> _Rule:
+    out = _real(job.output_dir)
+    scripts: frozenset[str] = frozenset()
+    command: tuple[str, ...] | None = None
+    workdir: str | None = None
+    dropped: tuple[str, ...] = RESUME_SET_FLAGS
+    if job.launch is not None:
+        workdir = _real(job.launch.workdir)
+        dropped = (job.launch.resume_flag, *RESUME_SET_FLAGS)
+        if job.launch.script is not None:
+            scripts = frozenset({_real(job.launch.script),
+                                 _real(resumed_script_path(job.launch.script))})
+        if job.launch.command is not None:
+            command = _without_flags(job.launch.command, dropped)
+    return _Rule(job.name, out, len(Path(out).parts), scripts, command, workdir,
+                 job.output_flags, dropped)
 
 
-def _resolve(arg: str, cwd: str | None) -> tuple[str, ...] | None:
-    """The argument as absolute path components, or None when it cannot be a path here."""
+def _without_flags(words: Sequence[str], flags: Sequence[str]) -> tuple[str, ...]:
+    """``words`` minus every ``--flag value`` / ``--flag=value`` / bare ``--flag``."""
+    out: list[str] = []
+    skip = False
+    for k, w in enumerate(words):
+        if skip:
+            skip = False
+            continue
+        if w in flags:
+            skip = k + 1 < len(words) and not words[k + 1].startswith("-")
+            continue
+        if any(w.startswith(f + "=") for f in flags):
+            continue
+        out.append(w)
+    return tuple(out)
+
+
+def _resolve(arg: str, cwd: str | None) -> str | None:
+    """The argument as a real absolute path, or None when it cannot be resolved here."""
     if not arg or "\x00" in arg:
         return None
-    if os.path.isabs(arg):
-        full = arg
-    elif cwd is None:
-        return None
-    else:
-        full = os.path.join(cwd, arg)
+    if not os.path.isabs(arg):
+        if cwd is None:
+            return None
+        arg = os.path.join(cwd, arg)
     try:
-        return _parts(os.path.realpath(full))
+        return _real(arg)
     except (OSError, ValueError):
         return None
 
 
-def _is_within(candidate: tuple[str, ...], base: tuple[str, ...]) -> bool:
-    return len(candidate) >= len(base) and candidate[: len(base)] == base
+def shell_script_argument(argv: Sequence[str]) -> str | None:
+    """The script file a shell (or ``cmd /c``) runs, or None if ``argv`` is not that.
+
+    ``bash -x train.sh`` -> ``train.sh``; ``bash -c '...'`` runs a string, not a file.
+    """
+    if not argv:
+        return None
+    prog = program(argv[0])
+    if prog in ("cmd", "cmd.exe"):
+        rest = [a for a in argv[1:] if a.lower() not in ("/c", "/k", "/d", "/q")]
+        return rest[0] if rest else None
+    if prog not in SHELLS:
+        return None
+    i = 1
+    if prog == "busybox":
+        if len(argv) < 2 or program(argv[1]) not in SHELLS - {"busybox"}:
+            return None
+        i = 2
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            i += 1
+            break
+        if a in _SHELL_OPTS_WITH_VALUE:
+            i += 2
+            continue
+        if a.startswith(("-", "+")):
+            if a.startswith("-") and not a.startswith("--") and "c" in a[1:]:
+                return None  # -c: a command string, no script file
+            i += 1
+            continue
+        break
+    return argv[i] if i < len(argv) else None
 
 
-def _matches(t: _Targets, cmdline: Sequence[str], cwd: str | None) -> bool:
-    for value in _arg_values(cmdline):
-        if not any(n in value for n in t.needles):
-            continue
-        parts = _resolve(value, cwd)
-        if parts is None or parts in t.ignored:
-            continue
-        if parts in t.files or any(_is_within(parts, d) for d in t.dirs):
-            return True
+def _candidate(argv: Sequence[str]) -> bool:
+    """Cheap pre-test: could this argv be a root of any job at all?"""
+    return shell_script_argument(argv) is not None or is_training_command(argv)
+
+
+def _roots_of(rules: Sequence[_Rule], argv: Sequence[str], cwd: str | None) -> list[_Rule]:
+    """Every job this process is a root of (see the module doc)."""
+    script = shell_script_argument(argv)
+    script_real = _resolve(script, cwd) if script is not None else None
+    training = is_training_command(argv)
+
+    def runs_script(r: _Rule) -> bool:
+        return script_real is not None and script_real in r.scripts
+
+    def runs_command(r: _Rule) -> bool:
+        return r.command is not None and cwd == r.workdir and _runs_command(argv, r)
+
+    def writes_output(r: _Rule) -> bool:
+        return training and any(_resolve(v, cwd) == r.output_dir
+                                for v in flag_values(argv, r.output_flags))
+
+    return [r for r in rules if runs_script(r) or runs_command(r) or writes_output(r)]
+
+
+def _same_program(a: str, b: str) -> bool:
+    """``python`` and ``python3.11`` are one program; otherwise the names must agree."""
+    pa, pb = program(a), program(b)
+    return pa == pb or (pa.startswith("python") and pb.startswith("python"))
+
+
+def _runs_command(argv: Sequence[str], r: _Rule) -> bool:
+    """Whether ``argv`` is the configured command (``accelerate`` may show as ``python
+    /venv/bin/accelerate``), resume flags left out of the comparison."""
+    assert r.command is not None
+    head, tail = r.command[0], r.command[1:]
+    for k, word in enumerate(argv[:3]):
+        if _same_program(word, head):
+            return _without_flags(argv[k + 1:], r.dropped) == tail
     return False
 
 
-def _cwd_of(pid: int) -> str | None:
-    try:
-        return psutil.Process(pid).cwd()
-    except (psutil.Error, OSError):
-        return None
+@dataclass
+class _Entry:
+    """What is known about one process, kept across passes while it lives."""
+
+    ticks: int                  # start time in clock ticks since boot: identity with pid
+    comm: str                   # changes on exec
+    ppid: int
+    state: str
+    cmdline: tuple[str, ...]
+    first_seen: float
+    roots: tuple[str, ...] = ()  # jobs it is a root of (most specific first)
+    member: str | None = None    # the job it belongs to; decided once, kept
+    decided: bool = False
 
 
-_PROC = Path("/proc")
+_PROC = "/proc"
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _STATES = {"R": psutil.STATUS_RUNNING, "S": psutil.STATUS_SLEEPING,
            "D": psutil.STATUS_DISK_SLEEP, "T": psutil.STATUS_STOPPED,
@@ -179,117 +296,240 @@ def _read_cmdline(pid: int) -> tuple[str, ...] | None:
             data = f.read()
     except OSError:
         return None
-    return tuple(a.decode("utf-8", "surrogateescape") for a in data.rstrip(b"\0").split(b"\0")
-                 if data)
+    if not data:
+        return ()
+    return tuple(a.decode("utf-8", "surrogateescape") for a in data.rstrip(b"\0").split(b"\0"))
 
 
-def _scan_psutil(exclude: set[int]) -> Iterator[JobProcess]:
-    for proc in psutil.process_iter(_ATTRS):
-        info = proc.info
-        pid = info.get("pid")
-        if not isinstance(pid, int) or pid in exclude:
-            continue
-        yield JobProcess(pid=pid, ppid=int(info.get("ppid") or 0),
-                         create_time=float(info.get("create_time") or 0.0),
-                         cmdline=tuple(info.get("cmdline") or ()),
-                         status=str(info.get("status") or "unknown"))
+def _cwd_of(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+
+
+def _read_small(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+class _PidClock:
+    """Which pids the kernel may have handed out since the last pass.
+
+    Linux allocates pids cyclically (``idr_alloc_cyclic``): after ``last`` comes
+    ``last+1``, wrapping to 300 past ``pid_max``.  So between two passes only pids in the
+    cyclic range (last before, last now] can belong to new processes, unless more than
+    the whole pid space was used (``/proc/stat``'s ``processes`` counts forks).  Both
+    files are read in this namespace, like ``/proc`` itself.
+    """
+
+    def __init__(self) -> None:
+        self.before: int | None = None
+        self.last: int | None = None
+        self.forks: int | None = None
+        self.wrapped = True  # first pass: everything is new
+        try:
+            self.pid_max = int(_read_small("/proc/sys/kernel/pid_max") or b"32768")
+        except ValueError:
+            self.pid_max = 32768
+
+    def advance(self) -> None:
+        forks: int | None = None
+        for line in _read_small("/proc/stat").splitlines():
+            if line.startswith(b"processes "):
+                forks = int(line.split()[1])
+                break
+        try:
+            last: int | None = int(_read_small("/proc/loadavg").split()[4])
+        except (IndexError, ValueError):
+            last = None
+        self.wrapped = (self.last is None or last is None or forks is None
+                        or self.forks is None or forks - self.forks >= self.pid_max - 300)
+        self.before, self.last, self.forks = self.last, last, forks
+
+    def may_be_new(self, pid: int) -> bool:
+        if self.wrapped or self.before is None or self.last is None:
+            return True
+        a, b = self.before, self.last
+        if a == b:
+            return False
+        return a < pid <= b if a < b else (pid > a or pid <= b)
 
 
 class ProcessMatcher:
-    """Finds the processes of every configured job in one pass over the process table.
+    """Finds the processes of every configured job; build once, call :meth:`match` often.
 
-    Build it once (the targets are precomputed) and call :meth:`match` per scrape.
+    Thread-safe: the remediator's workers share one matcher.
     """
 
     def __init__(self, jobs: Sequence[JobConfig], *, exclude_pids: Iterable[int] = ()) -> None:
-        self._targets = [_targets(j) for j in jobs]
+        self._rules = [_rule(j) for j in jobs]
+        self._names = [j.name for j in jobs]
         self._exclude = set(exclude_pids)
-        # (pid, start ticks, comm) -> cmdline: a process's arguments do not change, so
-        # each scrape reads only /proc/PID/stat for processes it has seen before.  exec()
-        # changes comm, which makes a new key.
-        self._cmdlines: dict[tuple[int, int, str], tuple[str, ...]] = {}
-
-    def _scan(self, exclude: set[int]) -> Iterator[JobProcess]:
-        """Every process once.  Linux: /proc with the cmdline cache; elsewhere: psutil."""
-        if not _PROC.is_dir():
-            yield from _scan_psutil(exclude)
-            return
-        boot = psutil.boot_time()
-        fresh: dict[tuple[int, int, str], tuple[str, ...]] = {}
-        for entry in os.scandir(_PROC):
-            if not entry.name.isdigit():
-                continue
-            pid = int(entry.name)
-            if pid in exclude:
-                continue
-            stat = _read_stat(pid)
-            if stat is None:
-                continue
-            ppid, state, ticks, comm = stat
-            key = (pid, ticks, comm)
-            cmdline = self._cmdlines.get(key)
-            if cmdline is None:
-                cmdline = _read_cmdline(pid)
-                if cmdline is None:
-                    continue
-            fresh[key] = cmdline
-            yield JobProcess(pid, ppid, boot + ticks / _CLK_TCK, cmdline,
-                             _STATES.get(state, "unknown"))
-        self._cmdlines = fresh
+        self._table: dict[int, _Entry] = {}
+        self._clock = _PidClock()
+        self._lock = threading.Lock()
+        self._boot = psutil.boot_time()
+        self.reads = 0  # stat reads in the last pass (for benchmarks and tests)
 
     def match(self) -> dict[str, list[JobProcess]]:
         """``{job name: [JobProcess, ...]}`` with every configured job as a key.
 
-        Matched processes come first (oldest first), then their descendants.  A process
-        that vanishes or denies access mid-pass is skipped silently: that is normal on
-        a busy host, not an error.
+        Roots come first (oldest first), then their descendants.  A process that
+        vanishes or denies access mid-pass is skipped silently: that is normal on a
+        busy host, not an error.
         """
+        with self._lock:
+            if not os.path.isdir(_PROC):
+                return self._match_psutil()
+            self._refresh()
+            return self._result()
+
+    # ------------------------------------------------------------------ the table
+
+    def _refresh(self) -> None:
         exclude = self._exclude | {os.getpid()}
-        seen: dict[int, JobProcess] = {}
-        children: dict[int, list[int]] = {}
-        roots: dict[str, list[int]] = {t.name: [] for t in self._targets}
-        for jp in self._scan(exclude):
-            seen[jp.pid] = jp
-            children.setdefault(jp.ppid, []).append(jp.pid)
-            if not jp.cmdline:
+        self._clock.advance()
+        now = time.time()
+        table = self._table
+        present: set[int] = set()
+        fresh: list[int] = []
+        reads = 0
+        for name in os.listdir(_PROC):
+            if not name.isdigit():
                 continue
-            joined = "\x00".join(jp.cmdline)
-            cwd: str | None = None
-            cwd_read = False
-            for t in self._targets:
-                if not any(n in joined for n in t.needles):
-                    continue
-                if not cwd_read:
-                    cwd, cwd_read = _cwd_of(jp.pid), True
-                if _matches(t, jp.cmdline, cwd):
-                    roots[t.name].append(jp.pid)
-        result: dict[str, list[JobProcess]] = {}
-        for name, pids in roots.items():
-            result[name] = _with_descendants(pids, seen, children)
-        return result
+            pid = int(name)
+            if pid in exclude:
+                continue
+            present.add(pid)
+            entry = table.get(pid)
+            if entry is not None and entry.member is None and entry.decided \
+                    and now - entry.first_seen > YOUNG_SECONDS \
+                    and not self._clock.may_be_new(pid):
+                continue  # a known bystander: nothing about it can have changed for us
+            reads += 1
+            stat = _read_stat(pid)
+            if stat is None:
+                present.discard(pid)
+                continue
+            ppid, state, ticks, comm = stat
+            if entry is not None and entry.ticks == ticks and entry.comm == comm:
+                entry.ppid, entry.state = ppid, state  # same process: state may change
+                continue
+            cmdline = _read_cmdline(pid)
+            if cmdline is None:
+                present.discard(pid)
+                continue
+            if entry is not None and entry.ticks == ticks:
+                # exec() under the same pid: a new command line, same membership so far
+                member = entry.member
+                table[pid] = _Entry(ticks, comm, ppid, state, cmdline, entry.first_seen,
+                                    member=member)
+            else:
+                table[pid] = _Entry(ticks, comm, ppid, state, cmdline, now)
+            fresh.append(pid)
+        for pid in [p for p in table if p not in present]:
+            del table[pid]
+        for pid in fresh:
+            self._judge_roots(pid, table[pid])
+        for pid in fresh:
+            self._decide(pid, set())
+        self.reads = reads
 
+    def _judge_roots(self, pid: int, entry: _Entry) -> None:
+        if not entry.cmdline or not _candidate(entry.cmdline):
+            entry.roots = ()
+            return
+        found = _roots_of(self._rules, entry.cmdline, _cwd_of(pid))
+        found.sort(key=lambda r: -r.depth)
+        entry.roots = tuple(r.name for r in found)
+        if found:
+            entry.member = found[0].name
+            entry.decided = True
 
-def _with_descendants(roots: list[int], seen: dict[int, JobProcess],
-                      children: dict[int, list[int]]) -> list[JobProcess]:
-    ordered = sorted(roots, key=lambda p: (seen[p].create_time, p))
-    out: list[JobProcess] = []
-    done: set[int] = set()
-    queue = list(ordered)
-    while queue:
-        pid = queue.pop(0)
-        if pid in done or pid not in seen:
-            continue
-        done.add(pid)
-        out.append(seen[pid])
+    def _decide(self, pid: int, seen: set[int]) -> str | None:
+        """The job ``pid`` belongs to: its own root verdict, else its parent's job."""
+        entry = self._table.get(pid)
+        if entry is None:
+            return None
+        if entry.decided or pid in seen:
+            return entry.member
+        seen.add(pid)
+        parent = self._table.get(entry.ppid)
+        inherited = None
         # A child is born after its parent; a younger "parent" means a recycled ppid.
-        queue.extend(c for c in children.get(pid, ())
-                     if seen[c].create_time >= seen[pid].create_time - _CREATE_TIME_TOLERANCE)
-    return out
+        if parent is not None and parent.ticks <= entry.ticks:
+            inherited = self._decide(entry.ppid, seen)
+        if inherited is not None:
+            entry.member = inherited
+        entry.decided = True
+        return entry.member
+
+    def _result(self) -> dict[str, list[JobProcess]]:
+        out: dict[str, list[JobProcess]] = {n: [] for n in self._names}
+        for pid, e in self._table.items():
+            if e.member is None or e.member not in out:
+                continue
+            out[e.member].append(JobProcess(
+                pid, e.ppid, self._boot + e.ticks / _CLK_TCK, e.cmdline,
+                _STATES.get(e.state, "unknown"), root=bool(e.roots) and e.roots[0] == e.member))
+        for procs in out.values():
+            procs.sort(key=lambda p: (not p.root, p.create_time, p.pid))
+        return out
+
+    def _match_psutil(self) -> dict[str, list[JobProcess]]:
+        """Without /proc (macOS, tests of other platforms): psutil, no caching."""
+        out: dict[str, list[JobProcess]] = {n: [] for n in self._names}
+        procs: dict[int, tuple[JobProcess, list[str]]] = {}
+        for proc in psutil.process_iter(["pid", "ppid", "cmdline", "create_time", "status"]):
+            info = proc.info
+            if info["pid"] == os.getpid():
+                continue
+            argv = tuple(info.get("cmdline") or ())
+            roots: list[str] = []
+            if argv and _candidate(argv):
+                try:
+                    cwd = proc.cwd()
+                except (psutil.Error, OSError):
+                    cwd = None
+                roots = [r.name for r in sorted(_roots_of(self._rules, argv, cwd),
+                                                key=lambda r: -r.depth)]
+            procs[info["pid"]] = (JobProcess(info["pid"], int(info.get("ppid") or 0),
+                                             float(info.get("create_time") or 0.0), argv,
+                                             str(info.get("status") or "unknown"),
+                                             root=bool(roots)), roots)
+        memo: dict[int, str | None] = {}
+
+        def member(pid: int, depth: int = 0) -> str | None:
+            if pid in memo:
+                return memo[pid]
+            jp, roots = procs[pid]
+            memo[pid] = None
+            parent = procs.get(jp.ppid)
+            result = roots[0] if roots else (
+                member(jp.ppid, depth + 1) if parent is not None and depth < 512 else None)
+            memo[pid] = result
+            return result
+
+        for pid, (jp, _roots) in procs.items():
+            if (name := member(pid)) is not None:
+                out[name].append(jp)
+        for procs_ in out.values():
+            procs_.sort(key=lambda p: (not p.root, p.create_time, p.pid))
+        return out
 
 
-def job_processes(job: JobConfig) -> list[JobProcess]:
-    """The processes of one job right now: matching ones, then their descendants."""
-    return ProcessMatcher([job]).match()[job.name]
+def job_processes(job: JobConfig, jobs: Sequence[JobConfig] | None = None
+                  ) -> list[JobProcess]:
+    """The processes of one job right now (one fresh pass).
+
+    Pass every configured job as ``jobs`` so that nesting is judged as the exporter
+    judges it; the remediator keeps one :class:`ProcessMatcher` instead.
+    """
+    return ProcessMatcher(list(jobs) if jobs is not None else [job]).match()[job.name]
 
 
 def alive(processes: Iterable[JobProcess]) -> list[JobProcess]:
@@ -317,6 +557,19 @@ def refresh(proc: JobProcess) -> JobProcess | None:
         with p.oneshot():
             if abs(p.create_time() - proc.create_time) > _CREATE_TIME_TOLERANCE:
                 return None
-            return JobProcess(proc.pid, p.ppid(), proc.create_time, proc.cmdline, p.status())
+            return JobProcess(proc.pid, p.ppid(), proc.create_time, proc.cmdline, p.status(),
+                              proc.root)
+    except (psutil.Error, OSError):
+        return None
+
+
+def environment_of(pid: int) -> dict[str, str] | None:
+    """The environment a process was started with (``/proc/PID/environ``), or None.
+
+    The remediator resumes a run with the environment the killed run had (its PATH,
+    VIRTUAL_ENV, CONDA_PREFIX, CUDA_VISIBLE_DEVICES...), not its own.
+    """
+    try:
+        return {k: v for k, v in psutil.Process(pid).environ().items()}
     except (psutil.Error, OSError):
         return None

@@ -38,7 +38,8 @@ def error(path: Path) -> ConfigError:
 
 def test_relative_paths_resolve_against_the_config_folder_not_cwd(tmp_path: Path) -> None:
     cfg_dir = tmp_path / "fluxgym"
-    cfg_dir.mkdir()
+    (cfg_dir / "outputs" / "my-lora").mkdir(parents=True)
+    (cfg_dir / "outputs" / "my-lora" / "train.sh").write_text("accelerate launch t.py\n")
     path = write(cfg_dir, GOOD)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -147,3 +148,39 @@ def test_job_gpus_accept_indexes_uuids_or_all(tmp_path: Path) -> None:
     for bad in (["nope"], [-1], [], "some", [True]):
         with pytest.raises(ConfigError, match=r"jobs\[0\]\.gpus"):
             gpus(bad)
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_nan_and_infinite_durations_are_rejected(tmp_path: Path, value: str) -> None:
+    err = error(write(tmp_path, "jobs: [{name: a, output_dir: o}]\n"
+                                f"remediator: {{kill_grace_seconds: {value}}}\n"))
+    assert err.keypath == "remediator.kill_grace_seconds" and "finite" in err.message
+
+
+def test_one_output_dir_for_two_jobs_is_rejected_however_spelled(tmp_path: Path) -> None:
+    (tmp_path / "o").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "o")
+    err = error(write(tmp_path, "jobs: [{name: a, output_dir: o}, "
+                                "{name: b, output_dir: ./link/.}]\n"))
+    assert err.keypath == "jobs[1].output_dir" and "jobs[0]" in err.message
+
+
+def test_a_launch_script_or_workdir_that_is_not_there_is_rejected(tmp_path: Path) -> None:
+    err = error(write(tmp_path, "jobs: [{name: a, output_dir: o, "
+                                "launch: {script: outputs/a/trian.sh}}]\n"))
+    assert err.keypath == "jobs[0].launch.script" and "trian.sh" in err.message
+    (tmp_path / "train.sh").write_text("accelerate launch t.py\n")
+    err = error(write(tmp_path, "jobs: [{name: a, output_dir: o, "
+                                "launch: {script: train.sh, workdir: gone}}]\n"))
+    assert err.keypath == "jobs[0].launch.workdir" and "gone" in err.message
+    err = error(write(tmp_path, "jobs: [{name: a, output_dir: o, launch: {script: train.sh}},"
+                                " {name: b, output_dir: p, launch: {script: ./train.sh}}]\n"))
+    assert err.keypath == "jobs[1].launch.script"
+
+
+def test_output_flags_are_flags(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "jobs: [{name: a, output_dir: o, "
+                                      "output_flags: [--logging_root]}]\n"))
+    assert cfg.jobs[0].output_flags == ("--logging_root",)
+    err = error(write(tmp_path, "jobs: [{name: a, output_dir: o, output_flags: [out dir]}]\n"))
+    assert err.keypath == "jobs[0].output_flags[0]"

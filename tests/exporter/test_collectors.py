@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 from exporter_testlib import metrics_of, value
+from helpers.common import SLEEPER
 
 from exporter.collectors.base import CollectorSet
 from exporter.collectors.process import ProcessCollector
@@ -33,10 +34,8 @@ def sleeper(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A real 'trainer' whose arguments name job a's output_dir (a parent with a child)."""
     out = tmp_path / "a"
     out.mkdir(parents=True, exist_ok=True)
-    code = ("import subprocess,sys,time; "
-            "c=subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']); "
-            "time.sleep(60)")
-    p = subprocess.Popen([sys.executable, "-c", code, "--output_dir", str(out)])
+    p = subprocess.Popen([sys.executable, str(SLEEPER), "--child", "--seconds", "60",
+                          "--output_dir", str(out)])
     # wait until the child exists, so the tree is complete
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not psutil.Process(p.pid).children():

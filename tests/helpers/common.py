@@ -11,6 +11,8 @@ from typing import TypeVar
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_TRAIN = REPO / "tests" / "fixtures" / "tiny_train.py"
+# A "trainer" that only sleeps (see its docstring): python SLEEPER --output_dir DIR.
+SLEEPER = REPO / "tests" / "fixtures" / "sleeper.py"
 PYTHON = sys.executable
 
 T = TypeVar("T")

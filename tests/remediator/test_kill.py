@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers.common import wait_for
+from helpers.common import SLEEPER, wait_for
 
 from remediator.actions.kill import kill_job
 from trainguard.config import JobConfig, LaunchConfig
@@ -27,11 +27,11 @@ pytestmark = pytest.mark.slow
 
 
 def sleeper(tmp_path: Path, name: str) -> tuple[JobConfig, subprocess.Popen[bytes]]:
-    """A job whose only process is a sleeper with an argument inside its output_dir."""
+    """A job whose only process is a sleeping "trainer" writing to its output_dir."""
     out = tmp_path / name
     out.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)",
-                             str(out / "x")], start_new_session=True)
+    proc = subprocess.Popen([sys.executable, str(SLEEPER), "--output_dir", str(out)],
+                            start_new_session=True)
     job = JobConfig(name=name, output_dir=out, launch=LaunchConfig(workdir=tmp_path,
                                                                    command=("true",)))
     return job, proc
@@ -59,8 +59,8 @@ def test_recycled_pid_is_never_signalled(tmp_path: Path) -> None:
 def test_term_then_kill_a_process_that_ignores_sigterm(tmp_path: Path) -> None:
     out = tmp_path / "stubborn"
     out.mkdir()
-    code = "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], start_new_session=True)
+    proc = subprocess.Popen([sys.executable, str(SLEEPER), "--ignore_term", "--output_dir",
+                             str(out)], start_new_session=True)
     job = JobConfig(name="stubborn", output_dir=out)
     time.sleep(0.3)
     t0 = time.monotonic()
@@ -94,7 +94,7 @@ def test_waits_until_gpu_memory_is_released(tmp_path: Path, release_after: float
     gpus.add(1)
     out = tmp_path / "g"
     out.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", str(out)],
+    proc = subprocess.Popen([sys.executable, str(SLEEPER), "--output_dir", str(out)],
                             start_new_session=True)
     gpus.set_processes(0, {proc.pid: 8 << 30})
     died: list[float] = []
