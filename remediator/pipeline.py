@@ -1,71 +1,60 @@
-"""The remediation pipeline (DESIGN.md §3): dedupe, re-check, choose, kill, repair, resume.
+"""The remediation pipeline (DESIGN.md §3): receive, gather facts, decide, then act.
 
 Threads: the HTTP receiver only calls :meth:`Remediator.submit`, which decides in one
 SQLite transaction whether the alert is new and, if so, puts the incident on its job's
 queue.  Each configured job has one worker thread and one queue, so two jobs are handled
-at the same time and one job is never handled twice at once.
+at the same time and one job is never handled twice at once.  One more thread samples
+each job's running environment now and then (:mod:`remediator.runenv`).
 
-Order inside a worker, and why:
+A worker's round: gather :class:`~remediator.decide.Facts` (job state, launches, the
+job's processes by the one job rule, completion, saves in progress, and the resume
+*prepared* by :mod:`remediator.prepare`), :func:`~remediator.decide.decide`, then:
 
-1. gave up already → nothing (a person must ``reset``);
-2. restart budget: ``max_restarts`` launches within ``window_seconds`` (counted from the
-   last reset) → give up; otherwise wait out the backoff (``backoff_seconds`` doubled per
-   launch in the window).  Waiting, not skipping: Alertmanager will not send this alert
-   as new again, so a skipped incident would never be handled;
-3. a checkpoint being written → wait up to ``saving_wait_seconds`` (a save looks exactly
-   like an idle hang, DESIGN.md §4), re-checking for a resolved alert meanwhile;
-4. re-check now: completed, no launch section, the alert predates the run trainguard
-   started last (stale), or the job's live processes all started after the alert
-   (someone already restarted it) → skip and say why;
-5. evidence, then kill the job's own tree (after this the checkpoint list is final:
-   nothing of the run can still be writing);
-6. choose: newest step first, valid or repairable; repairable ones are repaired (with a
-   backup, by :mod:`remediator.repair`); a failed repair falls back to the next one; the
-   compatibility verdict for the python the run will use supplies env fixes;
-7. resume from a copy of the script (never the script itself), or restart from scratch
-   with the unmodified script when nothing is usable and that is allowed;
-8. verify the new process lives and matches the job rule.
+* ``Wait``: sleep (a resolved alert cancels the wait), then a new round;
+* ``Skip`` / ``GiveUp`` / ``Refuse``: record why, one log line, done.  A refusal signals
+  nothing: the run is left as it is and a person is told (metric, status page, API);
+* ``Act``: everything the resume needs was proven before this point.  Evidence, kill the
+  job's own live processes, read the checkpoints again and confirm the choice, repair if
+  the run's environment needs it, write the resumed copy, start it in the run's own
+  environment, verify it lives and matches the job rule.
+
+The side effects go through an executor (:mod:`remediator.execute`): the real one, or
+the dry run's, which records what it would do.
 
 Restart of the remediator: incidents left ``queued``/``waiting``/``acting`` are queued
-again and go through the same re-checks.  One that had already launched a run is caught
-by step 4 (the launch recorded ``last_process_start`` before the crash, so the alert is
-stale); one that had killed but not launched finds no process and resumes.  Nothing is
-done twice, and nothing half-done is left.
+again and go through the same decision.  One that had already launched a run is stale
+(the launch recorded ``last_process_start`` before the crash); one that had killed but
+not launched finds no process and resumes.  Nothing is done twice.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import queue
 import re
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from trainguard.checkpoint import (
-    CheckpointInfo,
-    Status,
-    compat,
-    inspect_checkpoint,
-    list_checkpoints,
-)
+from trainguard.checkpoint import Status, inspect_checkpoint, list_checkpoints
+from trainguard.checkpoint.names import AUTOMATIC_FOLDER, parse_name
 from trainguard.config import Config, JobConfig
-from trainguard.process import JobProcess, alive, job_processes
+from trainguard.process import JobProcess, ProcessMatcher, alive, environment_of
+from trainguard.progress import LogFollower, job_completed
 
-from . import repair as repair_mod
-from .actions import kill as kill_mod
-from .actions import launch as launch_mod
-from .actions.script import FlagSet, ScriptError, resume_argv, write_resumed_copy
+from . import prepare as prep
+from .decide import Act, Budget, Facts, GiveUp, Refuse, Skip, Wait, decide
+from .execute import executor_for, leftovers
+from .runenv import RunEnv, fallback, redacted
 from .store import Incident, Store
 
 log = logging.getLogger("remediator")
 
 POLL = 0.5
+ENV_SAMPLE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -90,16 +79,6 @@ def parse_time(text: str) -> float:
     return datetime.fromisoformat(m.group(1) + frac + zone).timestamp()
 
 
-@dataclass
-class Choice:
-    """The checkpoint picked for the resume, or none."""
-
-    path: Path | None
-    step: int | None = None
-    env_fixes: dict[str, str] = field(default_factory=dict)
-    skipped: list[dict[str, Any]] = field(default_factory=list)
-
-
 class Cancelled(Exception):
     """The incident was cancelled (alert resolved) while waiting."""
 
@@ -111,21 +90,28 @@ class Remediator:
         self.config = config
         self.rc = config.remediator
         self.store = store
+        self.matcher = ProcessMatcher(config.jobs)
+        self.executor = executor_for(self.rc)
+        self.can_repair = prep.repair_available()
         self._queues: dict[str, queue.Queue[int | None]] = {}
-        self._threads: dict[str, threading.Thread] = {}
+        self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._busy: dict[str, int | None] = {j.name: None for j in config.jobs}
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        self._announce()
         for job in self.config.jobs:
             q: queue.Queue[int | None] = queue.Queue()
             t = threading.Thread(target=self._worker, args=(job, q),
                                  name=f"remediate-{job.name}", daemon=True)
             self._queues[job.name] = q
-            self._threads[job.name] = t
+            self._threads.append(t)
             t.start()
+        sampler = threading.Thread(target=self._sample_envs, name="env-sampler", daemon=True)
+        self._threads.append(sampler)
+        sampler.start()
         for inc in self.store.unfinished():
             if inc.job not in self._queues:
                 self.store.set_state(inc.id, "skipped", reason="the job is no longer configured")
@@ -137,11 +123,35 @@ class Remediator:
             self.store.set_state(inc.id, "queued")
             self._queues[inc.job].put(inc.id)
 
+    def _announce(self) -> None:
+        """Say at start-up what this remediator cannot do here, and clean our leftovers."""
+        if not self.can_repair:
+            log.warning("torch is not installed here: checkpoints that need a repair for "
+                        "their run's environment cannot be repaired, and such a run is "
+                        "refused rather than restarted from scratch (pip install "
+                        "'trainguard[torch]')")
+        for job in self.config.jobs:
+            folders = [job.output_dir]
+            if job.launch is not None and job.launch.script is not None:
+                folders.append(job.launch.script.parent)
+            for parent in (job.output_dir, job.output_dir / AUTOMATIC_FOLDER):
+                with contextlib.suppress(OSError):
+                    folders += [p for p in parent.iterdir()
+                                if parse_name(p.name) is not None and p.is_dir()]
+            for folder in dict.fromkeys(folders):
+                for leftover in leftovers(folder):
+                    try:
+                        leftover.unlink()
+                        log.info("%s: removed %s, left by an interrupted repair or copy",
+                                 job.name, leftover)
+                    except OSError as exc:
+                        log.warning("%s: cannot remove leftover %s: %s", job.name, leftover, exc)
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         for q in self._queues.values():
             q.put(None)
-        for t in self._threads.values():
+        for t in self._threads:
             t.join(timeout)
 
     def busy(self, job: str) -> int | None:
@@ -150,6 +160,10 @@ class Remediator:
 
     def idle(self) -> bool:
         return all(q.unfinished_tasks == 0 for q in self._queues.values())
+
+    def processes(self, job: JobConfig) -> list[JobProcess]:
+        """The job's processes now, by the job rule judged over every configured job."""
+        return self.matcher.match()[job.name]
 
     # ------------------------------------------------------------------ receiving
 
@@ -189,6 +203,13 @@ class Remediator:
         inc, created = self.store.open_incident(job.name, alert.alertname, alert.starts_at,
                                                 alert.starts_ts, alert.fingerprint)
         if not created:
+            if inc.state == "refused" and time.time() - inc.updated >= \
+                    self.rc.refused_recheck_seconds and self.store.set_state(
+                        inc.id, "queued", only_from=("refused",)):
+                log.info("%s: %s delivered again; incident %d was refused %s, looking again",
+                         job.name, alert.alertname, inc.id, _fmt(inc.updated))
+                self._queues[job.name].put(inc.id)
+                return "rechecking"
             return "duplicate"
         log.info("%s: new incident %d for %s (started %s): queued", job.name, inc.id,
                  alert.alertname, _fmt(alert.starts_ts))
@@ -222,18 +243,77 @@ class Remediator:
         log.info("%s: incident %d: %s %s: %s", job.name, inc.id, action, outcome, detail)
         self.store.record(job.name, inc.id, action, outcome, detail)
 
-    def _skip(self, job: JobConfig, inc: Incident, reason: str) -> None:
-        self._note(job, inc, "skip", "skipped", reason)
-        self.store.set_state(inc.id, "skipped", reason=reason)
+    def _handle(self, job: JobConfig, incident_id: int) -> None:
+        inc = self.store.get_incident(incident_id)
+        if inc is None or inc.state not in ("queued", "waiting", "acting"):
+            return
+        saving_since: float | None = None
+        noted: set[str] = set()
+        while True:
+            cur = self.store.get_incident(inc.id) or inc
+            facts = self.facts(job, cur, saving_since)
+            d = decide(facts)
+            if isinstance(d, Wait):
+                if d.kind == "saving" and saving_since is None:
+                    saving_since = facts.now
+                if d.kind not in noted:
+                    noted.add(d.kind)
+                    self.store.set_state(inc.id, "waiting", reason=d.reason)
+                    self._note(job, inc, "wait", d.kind,
+                               f"{d.reason}: re-deciding by {_fmt(d.until)}")
+                until = None
+                if d.kind == "saving":
+                    def until() -> bool:
+                        return not self._writing(job)
+                try:
+                    self._wait(inc, max(0.0, d.until - time.time()), until)
+                except Cancelled as exc:
+                    if str(exc) != "remediator stopping":
+                        self._note(job, inc, "cancel", "skipped", str(exc))
+                    return
+                continue
+            if isinstance(d, Skip):
+                self._note(job, inc, "skip", "skipped", d.reason)
+                if d.state != "cancelled":
+                    self.store.set_state(inc.id, d.state, reason=d.reason)
+            elif isinstance(d, GiveUp):
+                self.store.update_job(job.name, gave_up=1, gave_up_reason=d.reason)
+                self._note(job, inc, "give_up", "gave_up",
+                           f"{d.reason}; no more actions until `trainguard remediator reset "
+                           f"{job.name}`")
+                self.store.set_state(inc.id, "gave_up", reason=d.reason)
+            elif isinstance(d, Refuse):
+                self._note(job, inc, "refuse", "refused",
+                           f"{d.reason}; nothing was signalled, the run is as it was")
+                self.store.set_state(inc.id, "refused", outcome="refused", reason=d.reason)
+            else:
+                self._act(job, inc, d)
+            return
 
-    def _give_up(self, job: JobConfig, inc: Incident, reason: str) -> None:
-        self.store.update_job(job.name, gave_up=1, gave_up_reason=reason)
-        self._note(job, inc, "give_up", "gave_up",
-                   f"{reason}; no more actions until `trainguard remediator reset {job.name}`")
-        self.store.set_state(inc.id, "gave_up", reason=reason)
+    def facts(self, job: JobConfig, inc: Incident, saving_since: float | None) -> Facts:
+        """Everything :func:`decide` looks at, read now."""
+        rc = self.rc
+        now = time.time()
+        js = self.store.job_state(job.name)
+        since = max(now - rc.budget.window_seconds, js.budget_since)
+        procs = alive(self.processes(job))
+        follower = LogFollower.for_job(job)
+        progress = follower.poll() if follower is not None else None
+        run_env = self._run_env(job, procs)
+        resume = prep.prepare(job, run_env, restart_from_scratch=rc.restart_from_scratch,
+                              writing_fresh_seconds=self.config.exporter.writing_fresh_seconds,
+                              can_repair=self.can_repair)
+        return Facts(
+            now=now, job=job.name, incident_state=inc.state, alert_started=inc.starts_ts,
+            paused=js.paused, paused_reason=js.paused_reason, gave_up=js.gave_up,
+            gave_up_reason=js.gave_up_reason, last_process_start=js.last_process_start,
+            launches=tuple(self.store.launches_since(job.name, since)),
+            processes=tuple(procs), completed=job_completed(job, progress, bool(procs)),
+            writing=self._writing(job), saving_since=saving_since, resume=resume,
+            budget=Budget(rc.budget.max_restarts, rc.budget.window_seconds,
+                          rc.budget.backoff_seconds, rc.saving_wait_seconds))
 
-    def _wait(self, inc: Incident, seconds: float, until: Callable[[], bool] | None = None
-              ) -> None:
+    def _wait(self, inc: Incident, seconds: float, until: Any = None) -> None:
         """Sleep up to ``seconds`` (or until ``until()``), raising Cancelled if resolved."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -246,283 +326,166 @@ class Remediator:
                 return
             time.sleep(min(POLL, max(0.0, deadline - time.monotonic())))
 
-    def _handle(self, job: JobConfig, incident_id: int) -> None:
-        inc = self.store.get_incident(incident_id)
-        if inc is None or inc.state not in ("queued", "waiting", "acting"):
-            return
-        try:
-            self._remediate(job, inc)
-        except Cancelled as exc:
-            if str(exc) == "remediator stopping":
-                return  # left queued/waiting: re-checked at the next start
-            log.info("%s: incident %d cancelled while waiting: %s", job.name, inc.id, exc)
-            self.store.record(job.name, inc.id, "cancel", "skipped", str(exc))
+    # ------------------------------------------------------------------ acting
 
-    def _remediate(self, job: JobConfig, inc: Incident) -> None:
-        rc = self.rc
-        js = self.store.job_state(job.name)
-        if js.gave_up:
-            self._skip(job, inc, f"gave up earlier ({js.gave_up_reason}); run "
-                                 f"`trainguard remediator reset {job.name}` to re-arm")
-            self.store.set_state(inc.id, "gave_up")
-            return
-        if job.launch is None:
-            self._skip(job, inc, "the job has no launch section: trainguard cannot restart it, "
-                                 "so it does not kill it either")
-            return
-
-        # 2. restart budget and backoff
-        now = time.time()
-        budget = rc.budget
-        since = max(now - budget.window_seconds, js.budget_since)
-        launches = self.store.launches_since(job.name, since)
-        if len(launches) >= budget.max_restarts:
-            self._give_up(job, inc, f"restart budget spent: {len(launches)} restarts since "
-                                    f"{_fmt(since)} (max_restarts {budget.max_restarts} per "
-                                    f"{budget.window_seconds:g}s)")
-            return
-        if launches:
-            backoff = budget.backoff_seconds * 2 ** (len(launches) - 1)
-            wait = launches[-1] + backoff - time.time()
-            if wait > 0:
-                self.store.set_state(inc.id, "waiting", reason=f"restart backoff {backoff:g}s")
-                self._note(job, inc, "wait", "backoff",
-                           f"{len(launches)} restart(s) in the window: waiting {wait:.1f}s "
-                           f"(backoff {backoff:g}s)")
-                self._wait(inc, wait)
-
-        # 3. a save in progress looks like a hang: wait for it
-        if self._writing(job):
-            self.store.set_state(inc.id, "waiting", reason="a checkpoint is being written")
-            self._note(job, inc, "wait", "saving",
-                       f"a checkpoint is being written; waiting up to {rc.saving_wait_seconds:g}s")
-            self._wait(inc, rc.saving_wait_seconds, until=lambda: not self._writing(job))
-            if self._writing(job):
-                self._note(job, inc, "wait", "timeout",
-                           "still writing after the wait: treating that save as dead")
-
-        # 4. re-check the job as it is now
-        procs = alive(job_processes(job))
-        reason = self._recheck(job, inc, procs)
-        if reason is not None:
-            self._skip(job, inc, reason)
-            return
+    def _act(self, job: JobConfig, inc: Incident, d: Act) -> None:
         if not self.store.set_state(inc.id, "acting", only_from=("queued", "waiting", "acting")):
-            return  # cancelled between the check and now
+            return  # cancelled between the decision and now
+        ex = self.executor
+        dry = ex.outcome_suffix
+        plan = d.resume
+        if d.note:
+            self._note(job, inc, "wait", "timeout", d.note)
+        self._note(job, inc, "decide", dry or "act",
+                   f"{plan.describe()}; environment: {plan.env_source}"
+                   + (f"; {plan.note}" if plan.note else ""))
+        self.store.add_evidence(inc.id, "plan", {
+            "action": plan.action, "argv": list(plan.argv), "cwd": str(plan.workdir),
+            "checkpoint": str(plan.checkpoint.info.path) if plan.checkpoint else None,
+            "env_source": plan.env_source, "env": redacted(plan.env)})
 
-        # 5. evidence and kill
-        dry = rc.dry_run
-        if procs:
-            ev = kill_mod.evidence(procs)
-            self.store.add_evidence(inc.id, "processes", ev, extend=True)
-            pids = [p.pid for p in procs]
-            if dry:
-                self._note(job, inc, "kill", "dry_run", f"would stop pids {pids}")
-            else:
-                res = kill_mod.kill_job(job, rc.kill_grace_seconds,
-                                        rc.gpu_release_timeout_seconds, processes=procs)
-                outcome = "ok" if res.ok else "failed"
-                if res.ok and res.gpu_released is False:
-                    outcome = "gpu_memory_held"  # processes gone; resuming anyway, see kill.py
-                self._note(job, inc, "kill", outcome, res.detail)
-                if not res.ok:
-                    self.store.set_state(inc.id, "done", outcome="failed",
-                                         reason="the old run could not be stopped: " + res.detail)
-                    return
+        # Kill: the job's live processes, decided before this point.
+        if d.kill:
+            from .actions.kill import evidence
+
+            self.store.add_evidence(inc.id, "processes", evidence(d.kill), extend=True)
+            res = ex.kill(job, list(d.kill), lambda: self.processes(job))
+            outcome = dry or ("ok" if res.ok else "failed")
+            if res.ok and res.gpu_released is False:
+                outcome = "gpu_memory_held"  # processes gone; resuming anyway, see kill.py
+            self._note(job, inc, "kill", outcome, res.detail)
+            if not res.ok:
+                self.store.set_state(inc.id, "done", outcome="failed",
+                                     reason="the old run could not be stopped: " + res.detail)
+                return
         else:
             self._note(job, inc, "kill", "skipped", "no live process of the job")
 
-        # 6. choose (and repair)
-        env_extra: dict[str, str] = {}
-        choice = self._choose(job, inc, dry)
-        self.store.add_evidence(inc.id, "checkpoints_skipped", choice.skipped)
-        env_extra.update(choice.env_fixes)
+        # Confirm the choice now that nothing can be writing, and repair if needed.
+        final = self._final_plan(job, inc, plan)
+        if final is None:
+            return
+        plan = final
+        self.store.add_evidence(inc.id, "checkpoints_skipped", list(plan.skipped))
 
-        # 7. resume or restart
-        launch = job.launch
-        assert launch is not None
+        # Resume.
         try:
-            if choice.path is not None:
-                action = "resume"
-                if launch.script is not None:
-                    if dry:
-                        argv = ["bash", f"<copy of {launch.script} with {launch.resume_flag} "
-                                        f"{choice.path}>"]
-                    else:
-                        copy = write_resumed_copy(
-                            launch.script, FlagSet.resume(launch.resume_flag, choice.path))
-                        self._note(job, inc, "script", "ok",
-                                   f"wrote {copy} with {launch.resume_flag} {choice.path}; "
-                                   f"{launch.script} untouched")
-                        argv = launch_mod.script_argv(copy)
-                else:
-                    assert launch.command is not None
-                    argv = resume_argv(launch.command,
-                                       FlagSet.resume(launch.resume_flag, choice.path))
-            else:
-                if not rc.restart_from_scratch:
-                    self._give_up(job, inc, "no usable checkpoint and restart_from_scratch is "
-                                            "off")
-                    return
-                action = "restart"
-                argv = (launch_mod.script_argv(launch.script) if launch.script is not None
-                        else list(launch.command or ()))
-        except (ScriptError, launch_mod.LaunchError) as exc:
-            self._note(job, inc, "resume", "failed", str(exc))
+            self._note(job, inc, "script", dry or "ok", ex.write_copy(plan))
+            launched = ex.launch(job, plan)
+        except Exception as exc:  # ScriptError, LaunchError: the message is for a person
+            self._note(job, inc, plan.action, "failed", str(exc))
             self.store.set_state(inc.id, "done", outcome="failed", reason=str(exc))
             return
-        logfile, configured = launch_mod.log_path(job)
-        where = f"output appended to {logfile}" + (
-            "" if configured else " (no log_file configured for the job)")
-        fixes = f"; env fixes {env_extra}" if env_extra else ""
+        frm = plan.describe()
         if dry:
-            self._note(job, inc, action, "dry_run",
-                       f"would run {argv} in {launch.workdir}, {where}{fixes}")
+            self._note(job, inc, plan.action, dry,
+                       f"would run {list(plan.argv)} in {plan.workdir}: {frm}")
             self.store.set_state(inc.id, "done", outcome="dry_run",
-                                 reason=f"dry run: would {action}")
-            return
-        try:
-            launched = launch_mod.start(job, argv, launch_mod.run_env(job, env_extra))
-        except launch_mod.LaunchError as exc:
-            self._note(job, inc, action, "failed", str(exc))
-            self.store.set_state(inc.id, "done", outcome="failed", reason=str(exc))
+                                 reason=f"dry run: would {frm}")
             return
         self.store.update_job(job.name, last_remediation=time.time(),
                               last_process_start=launched.started, last_pid=launched.pid)
-        frm = f"from {choice.path} (step {choice.step})" if choice.path else "from scratch"
-        self._note(job, inc, action, "started",
-                   f"pid {launched.pid} {frm}: {argv} in {launch.workdir}, {where}{fixes}")
+        self.store.set_run_env(job.name, plan.env, f"the environment trainguard launched "
+                                                   f"incident {inc.id}'s {plan.action} with")
+        self._note(job, inc, plan.action, "started",
+                   f"pid {launched.pid}: {list(plan.argv)} in {plan.workdir}, output "
+                   f"appended to {plan.log_file}: {frm}")
         self.store.add_evidence(inc.id, "launched", {
-            "pid": launched.pid, "create_time": launched.create_time, "argv": list(argv),
-            "cwd": str(launch.workdir), "log_file": str(logfile),
-            "checkpoint": str(choice.path) if choice.path else None, "step": choice.step,
-            "env_fixes": env_extra})
-
-        # 8. verify
-        ok, detail = launch_mod.verify(job, launched, rc.verify_alive_seconds)
+            "pid": launched.pid, "create_time": launched.create_time,
+            "argv": list(launched.argv), "cwd": str(plan.workdir),
+            "log_file": str(plan.log_file),
+            "checkpoint": str(plan.checkpoint.info.path) if plan.checkpoint else None,
+            "step": plan.checkpoint.info.step if plan.checkpoint else None})
+        ok, detail = ex.verify(launched, lambda: self.processes(job))
         self._note(job, inc, "verify", "ok" if ok else "failed", detail)
-        outcome = ("resumed" if action == "resume" else "restarted") if ok else "failed"
-        self.store.set_state(inc.id, "done", outcome=outcome, reason=f"{action} {frm}: {detail}")
+        outcome = ("resumed" if plan.checkpoint is not None else "restarted") if ok else "failed"
+        self.store.set_state(inc.id, "done", outcome=outcome, reason=f"{frm}: {detail}")
+
+    def _final_plan(self, job: JobConfig, inc: Incident, plan: prep.Prepared
+                    ) -> prep.Prepared | None:
+        """The plan after the kill: choice confirmed, repairs applied (or another one)."""
+        fresh = self.config.exporter.writing_fresh_seconds
+        plan, change = prep.confirm(job, plan, writing_fresh_seconds=fresh,
+                                    can_repair=self.can_repair)
+        if change:
+            self._note(job, inc, "choose", "changed", change)
+        failed: set[str] = set()
+        while plan.checkpoint is not None and plan.checkpoint.repairs:
+            info = plan.checkpoint.info
+            ok, detail = self.executor.repair(info, plan.python)
+            self._note(job, inc, "repair", self.executor.outcome_suffix or
+                       ("ok" if ok else "failed"), f"{info.name}: {detail}")
+            if ok:
+                if not self.executor.outcome_suffix:
+                    plan = prep.with_checkpoint(plan, inspect_checkpoint(
+                        info.path, writing_fresh_seconds=fresh))
+                return plan
+            failed.add(str(info.path))
+            nxt, change = prep.confirm(job, plan, writing_fresh_seconds=fresh,
+                                       can_repair=self.can_repair, exclude=failed)
+            if nxt.checkpoint is None or str(nxt.checkpoint.info.path) in failed:
+                reason = (f"the repair of {info.name} failed ({detail}) and no other "
+                          "checkpoint is usable; the run was stopped and is not restarted "
+                          "from scratch over its checkpoints")
+                self._note(job, inc, "resume", "failed", reason)
+                self.store.set_state(inc.id, "done", outcome="failed", reason=reason)
+                return None
+            self._note(job, inc, "choose", "changed", change)
+            plan = nxt
+        return plan
+
+    # ------------------------------------------------------------------ environment
+
+    def _run_env(self, job: JobConfig, procs: list[JobProcess]) -> RunEnv:
+        """The run's own environment: its live root's, else the stored one, else ours."""
+        roots = [p for p in procs if p.root] or procs
+        for p in sorted(roots, key=lambda p: p.create_time):
+            env = environment_of(p.pid)
+            if env is not None:
+                source = f"the running job's pid {p.pid} ({' '.join(p.cmdline)[:80]})"
+                self.store.set_run_env(job.name, env, source)
+                return RunEnv(env, source)
+        stored = self.store.run_env(job.name)
+        if stored is not None:
+            js = self.store.job_state(job.name)
+            return RunEnv(stored, f"{js.run_env_source}, recorded {_fmt(js.run_env_at)}")
+        return fallback()
+
+    def _sample_envs(self) -> None:
+        """Record each job's running environment while it lives, so that a run that dies
+        is resumed in its own environment (its /proc/PID/environ is gone by then)."""
+        seen: dict[str, tuple[int, float]] = {}
+        while True:
+            try:
+                matched = self.matcher.match()
+            except Exception:  # a sampling pass that fails is retried next time
+                log.debug("environment sampling failed", exc_info=True)
+                matched = {}
+            for job in self.config.jobs:
+                roots = sorted((p for p in matched.get(job.name, ()) if p.root and p.alive),
+                               key=lambda p: p.create_time)
+                if not roots or seen.get(job.name) == (roots[0].pid, roots[0].create_time):
+                    continue
+                env = environment_of(roots[0].pid)
+                if env is not None:
+                    seen[job.name] = (roots[0].pid, roots[0].create_time)
+                    self.store.set_run_env(job.name, env, f"the running job's pid "
+                                                          f"{roots[0].pid}")
+            if self._stop.wait(ENV_SAMPLE_SECONDS):
+                return
 
     # ------------------------------------------------------------------ helpers
 
-    def _checkpoints(self, job: JobConfig) -> list[CheckpointInfo]:
-        """The doctor's view, with the same "still being written" window as the exporter."""
-        return list_checkpoints(job.output_dir,
-                                writing_fresh_seconds=self.config.exporter.writing_fresh_seconds)
-
     def _writing(self, job: JobConfig) -> bool:
         try:
-            infos = self._checkpoints(job)
+            infos = list_checkpoints(
+                job.output_dir, writing_fresh_seconds=self.config.exporter.writing_fresh_seconds)
         except OSError:
             return False
         return any(i.status == Status.WRITING for i in infos)
-
-    def _recheck(self, job: JobConfig, inc: Incident, procs: list[JobProcess]) -> str | None:
-        """Why not to act now, or None to go ahead."""
-        from trainguard.progress import LogFollower, job_completed
-
-        follower = LogFollower.for_job(job)
-        progress = follower.poll() if follower is not None else None
-        if job_completed(job, progress, bool(procs)):
-            return "the run completed normally; nothing to remediate"
-        js = self.store.job_state(job.name)
-        if inc.starts_ts is not None and js.last_process_start is not None \
-                and inc.starts_ts < js.last_process_start:
-            return (f"stale: the alert started at {_fmt(inc.starts_ts)}, before the run "
-                    f"trainguard started at {_fmt(js.last_process_start)}")
-        if procs and inc.starts_ts is not None and all(p.create_time > inc.starts_ts
-                                                       for p in procs):
-            return (f"already replaced: every live process of the job started after the alert "
-                    f"({_fmt(inc.starts_ts)}); pids {[p.pid for p in procs]}")
-        return None
-
-    def _choose(self, job: JobConfig, inc: Incident, dry: bool) -> Choice:
-        """Newest checkpoint the resuming environment will load, repairing it if it must.
-
-        Status says whether the files are whole; the verdict says whether *that*
-        environment's accelerate restores them (numpy names, RNG step, weights_only).
-        A checkpoint needing a repair the doctor knows is repaired (backup first) for
-        that environment and judged again; one that still will not load is skipped.
-        """
-        choice = Choice(path=None)
-        env = self._environment(job)
-        for info in self._checkpoints(job):
-            if info.status not in (Status.VALID, Status.REPAIRABLE):
-                self._pass_over(job, inc, choice, info, info.status.value, list(info.problems))
-                continue
-            v = compat.verdict(info, env)
-            if v.repairs:
-                if dry:
-                    self._note(job, inc, "repair", "dry_run",
-                               f"would repair {info.name} ({', '.join(v.repairs)}): "
-                               f"{'; '.join((*info.problems, *v.problems))}")
-                else:
-                    ok, detail = _repair(info.path, env)
-                    self._note(job, inc, "repair", "ok" if ok else "failed",
-                               f"{info.name}: {detail}")
-                    if not ok:
-                        self._pass_over(job, inc, choice, info, "repair_failed", [detail])
-                        continue
-                    info = inspect_checkpoint(
-                        info.path,
-                        writing_fresh_seconds=self.config.exporter.writing_fresh_seconds)
-                    v = compat.verdict(info, env)
-            if not v.loads and not v.env_fixes and not (dry and v.repairs):
-                self._pass_over(job, inc, choice, info, "incompatible",
-                           [f"will not load under {env}: {'; '.join(v.problems)}"])
-                continue
-            fixes = dict(v.env_fixes)
-            choice.path, choice.step, choice.env_fixes = info.path, info.step, fixes
-            self._note(job, inc, "choose", "ok",
-                       f"{info.name} (step {info.step}, {info.status.value})"
-                       + (f", env fixes {fixes}" if fixes else ""))
-            return choice
-        self._note(job, inc, "choose", "none", "no usable checkpoint in " + str(job.output_dir))
-        return choice
-
-    def _pass_over(self, job: JobConfig, inc: Incident, choice: Choice, info: CheckpointInfo,
-              status: str, problems: list[str]) -> None:
-        choice.skipped.append({"path": str(info.path), "step": info.step, "status": status,
-                               "problems": problems})
-        self._note(job, inc, "choose", "skipped",
-                   f"{info.name} (step {info.step}) is {status}: "
-                   f"{'; '.join(problems) or 'no detail'}")
-
-    def _environment(self, job: JobConfig) -> compat.Environment:
-        """The versions the resumed run will import (see actions/launch.py)."""
-        python = launch_mod.find_python(job, launch_mod.run_env(job, {}))
-        if not python:
-            return compat.Environment.current()
-        try:
-            return compat.Environment.of_python(python)
-        except Exception as exc:  # a broken interpreter: judge by our own environment
-            log.warning("%s: cannot read versions of %s (%s); using this environment's",
-                        job.name, python, exc)
-            return compat.Environment.current()
-
-
-def _repair(path: Path, env: compat.Environment) -> tuple[bool, str]:
-    """Repair one checkpoint for ``env`` (backup first, atomic); (ok, what happened).
-
-    Repair needs torch (the optional ``trainguard[torch]`` extra); without it this
-    fails with a message saying so and the caller moves on to an older checkpoint.
-    """
-    try:
-        plan = repair_mod.plan_repair(path, env)
-        result = repair_mod.apply_repair(plan)
-    except ImportError as exc:
-        return False, f"repair needs torch (pip install 'trainguard[torch]'): {exc}"
-    except Exception as exc:
-        return False, f"{type(exc).__name__}: {exc}"
-    return True, str(result)
 
 
 def _fmt(ts: float | None) -> str:
     if ts is None:
         return "never"
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts))
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, default=str)

@@ -40,6 +40,9 @@ from trainguard.checkpoint.rng import RngFileError, read_rng_state
 
 _RNG = re.compile(r"^random_states_(\d+)\.pkl$")
 BACKUP_INFIX = ".trainguard-bak-"
+# Temp files are named ".<file>.trainguard-tmp-<pid>-<ns>": only ours, so a crash's leftovers
+# can be found and removed without ever touching a user file.
+TMP_INFIX = ".trainguard-tmp-"
 
 
 class RepairError(Exception):
@@ -232,7 +235,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _write_temp(folder: Path, stem: str, data: bytes) -> Path:
-    tmp = folder / f".{stem}.trainguard-tmp-{os.getpid()}-{time.monotonic_ns()}"
+    tmp = folder / f".{stem}{TMP_INFIX}{os.getpid()}-{time.monotonic_ns()}"
     with open(tmp, "xb") as f:
         f.write(data)
         f.flush()

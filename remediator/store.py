@@ -19,7 +19,13 @@ Incident states (``state``):
 * ``skipped``   looked at and deliberately not acted on; ``reason`` says why
 * ``cancelled`` the alert resolved before any action started
 * ``gave_up``   the restart budget was spent
+* ``refused``   the resume could not be prepared, so nothing was signalled; ``reason``
+                says why.  A later delivery of the same alert re-checks it (the person
+                may have fixed the cause meanwhile)
 * ``ignored``   the alert named no configured job (kept so misrouting is visible)
+
+The file holds command lines and the runs' environments (which may carry tokens): it is
+created 0600, and a looser existing one is tightened.
 
 Schema changes bump :data:`SCHEMA_VERSION`; an unknown newer version refuses to open
 rather than guessing.
@@ -28,6 +34,7 @@ rather than guessing.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -37,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 OPEN_STATES = ("queued", "waiting", "acting")
 
@@ -80,6 +87,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     budget_since REAL NOT NULL DEFAULT 0
 );
 """
+# Columns added after version 1, applied to older files in place.
+_JOB_COLUMNS_V2 = {"paused": "INTEGER NOT NULL DEFAULT 0", "paused_reason": "TEXT",
+                   "paused_at": "REAL", "run_env": "TEXT", "run_env_source": "TEXT",
+                   "run_env_at": "REAL"}
 
 
 class StoreError(Exception):
@@ -136,6 +147,11 @@ class JobState:
     last_process_start: float | None
     last_pid: int | None
     budget_since: float
+    paused: bool = False
+    paused_reason: str | None = None
+    paused_at: float | None = None
+    run_env_source: str | None = None   # where the stored environment came from
+    run_env_at: float | None = None
 
 
 def _incident(row: sqlite3.Row) -> Incident:
@@ -157,6 +173,7 @@ class Store:
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _private(self.path)
             self._db = sqlite3.connect(str(self.path), timeout=10.0,
                                        check_same_thread=False, isolation_level=None)
             self._db.row_factory = sqlite3.Row
@@ -168,14 +185,23 @@ class Store:
                     if stmt.strip():
                         db.execute(stmt)
                 row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-                if row is None:
-                    db.execute("INSERT INTO meta VALUES ('schema_version', ?)",
-                               (str(SCHEMA_VERSION),))
-                elif int(row["value"]) > SCHEMA_VERSION:
+                if row is not None and int(row["value"]) > SCHEMA_VERSION:
                     raise StoreError(
                         f"{self.path}: state file has schema version {row['value']}, newer "
                         f"than this trainguard understands ({SCHEMA_VERSION})")
+                have = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
+                for column, kind in _JOB_COLUMNS_V2.items():
+                    if column not in have:
+                        db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                           (str(SCHEMA_VERSION),))
+            for suffix in ("-wal", "-shm"):
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    _private(side)
         except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open state file: {exc}") from None
+        except OSError as exc:
             raise StoreError(f"{self.path}: cannot open state file: {exc}") from None
 
     def close(self) -> None:
@@ -331,11 +357,38 @@ class Store:
             return JobState(job, False, None, None, None, None, 0.0)
         r = rows[0]
         return JobState(job, bool(r["gave_up"]), r["gave_up_reason"], r["last_remediation"],
-                        r["last_process_start"], r["last_pid"], float(r["budget_since"]))
+                        r["last_process_start"], r["last_pid"], float(r["budget_since"]),
+                        bool(r["paused"]), r["paused_reason"], r["paused_at"],
+                        r["run_env_source"], r["run_env_at"])
+
+    def run_env(self, job: str) -> dict[str, str] | None:
+        """The job's last known run environment (see remediator.runenv), or None."""
+        rows = self._read("SELECT run_env FROM jobs WHERE job=?", (job,))
+        if not rows or not rows[0]["run_env"]:
+            return None
+        env = json.loads(rows[0]["run_env"])
+        return {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else None
+
+    def set_run_env(self, job: str, env: Mapping[str, str], source: str) -> None:
+        self.update_job(job, run_env=json.dumps(dict(env), sort_keys=True),
+                        run_env_source=source, run_env_at=time.time())
+
+    def set_paused(self, job: str, paused: bool, reason: str | None = None) -> None:
+        """Pause (no alert acts on the job) or unpause it."""
+        self.update_job(job, paused=1 if paused else 0,
+                        paused_reason=reason if paused else None,
+                        paused_at=time.time() if paused else None)
+
+    def latest_outcome(self, job: str) -> tuple[str, str | None] | None:
+        """(state, reason) of the job's most recent incident that was decided, or None."""
+        rows = self._read("SELECT state, reason FROM incidents WHERE job=? AND state NOT IN "
+                          "('queued','waiting','acting','ignored') ORDER BY id DESC LIMIT 1",
+                          (job,))
+        return (rows[0]["state"], rows[0]["reason"]) if rows else None
 
     def update_job(self, job: str, **fields: Any) -> None:
         allowed = {"gave_up", "gave_up_reason", "last_remediation", "last_process_start",
-                   "last_pid", "budget_since"}
+                   "last_pid", "budget_since", *_JOB_COLUMNS_V2}
         bad = set(fields) - allowed
         if bad:
             raise ValueError(f"unknown job fields: {sorted(bad)}")
@@ -354,3 +407,13 @@ def summarize(incident: Incident, actions: list[Action]) -> Mapping[str, Any]:
     out = incident.to_json()
     out["actions"] = [a.to_json() for a in actions]
     return out
+
+
+def _private(path: Path) -> None:
+    """Make ``path`` exist with mode 0600 (owner only), tightening a looser one."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)

@@ -28,6 +28,7 @@ DEFAULT_OUTPUT_FLAGS = ("--output_dir", "--output-dir", "--outdir", "--out_dir")
 FLAG_RE = re.compile(r"^--?[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DEFAULT_EXPORTER_LISTEN = "127.0.0.1:9842"
 DEFAULT_REMEDIATOR_LISTEN = "127.0.0.1:9843"
+LAUNCH_VIA = ("direct", "systemd-run")
 
 T = TypeVar("T")
 
@@ -135,6 +136,12 @@ class RemediatorConfig:
     saving_wait_seconds: float = 900.0
     max_body_bytes: int = 1 << 20
     budget: RestartBudget = field(default_factory=RestartBudget)
+    # How the resumed run is started: "direct" (a detached child) or "systemd-run" (a
+    # transient unit of the user's systemd, outside the remediator's sandbox and cgroup).
+    launch_via: str = "direct"
+    # A refused incident is looked at again when its alert is delivered again this long
+    # after the refusal (the person may have fixed the cause).
+    refused_recheck_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -361,7 +368,8 @@ def _budget(r: _Reader, data: Any, kp: str) -> RestartBudget:
 def _remediator(r: _Reader, data: Any, kp: str) -> RemediatorConfig:
     keys = {"listen", "token_file", "state_path", "dry_run", "restart_from_scratch",
             "kill_grace_seconds", "gpu_release_timeout_seconds", "verify_alive_seconds",
-            "saving_wait_seconds", "max_body_bytes", "restart_budget"}
+            "saving_wait_seconds", "max_body_bytes", "restart_budget", "launch_via",
+            "refused_recheck_seconds"}
     d = r.mapping(data, kp, keys)
     dflt = RemediatorConfig()
 
@@ -384,7 +392,18 @@ def _remediator(r: _Reader, data: Any, kp: str) -> RemediatorConfig:
         max_body_bytes=r.opt(d, "max_body_bytes", kp,
                              lambda v, k: r.integer(v, k, minimum=1024), dflt.max_body_bytes),
         budget=r.opt(d, "restart_budget", kp, lambda v, k: _budget(r, v, k), RestartBudget()),
+        launch_via=r.opt(d, "launch_via", kp, lambda v, k: _choice(r, v, k, LAUNCH_VIA),
+                         dflt.launch_via),
+        refused_recheck_seconds=r.opt(d, "refused_recheck_seconds", kp, r.number,
+                                      dflt.refused_recheck_seconds),
     )
+
+
+def _choice(r: _Reader, value: Any, kp: str, allowed: tuple[str, ...]) -> str:
+    text = r.string(value, kp)
+    if text not in allowed:
+        raise r.fail(kp, f"expected one of {', '.join(allowed)}, got {text!r}")
+    return text
 
 
 def parse_config(data: Any, file: Path) -> Config:

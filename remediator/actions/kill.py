@@ -23,7 +23,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,12 +163,21 @@ def wait_gpu_release(pids: set[int], timeout: float, interval: float = 0.5) -> b
 
 
 def kill_job(job: JobConfig, grace: float, gpu_timeout: float,
-             processes: list[JobProcess] | None = None) -> KillResult:
-    """Terminate the job's whole tree; see the module doc for the order and why."""
+             processes: list[JobProcess] | None = None,
+             scan: Callable[[], list[JobProcess]] | None = None) -> KillResult:
+    """Terminate the job's whole tree; see the module doc for the order and why.
+
+    ``scan`` lists the job's processes now (the remediator passes its matcher over every
+    job, so nesting is judged as the exporter judges it); ``processes`` is the first
+    round's list, decided before the kill.
+    """
+    if scan is None:
+        def scan() -> list[JobProcess]:
+            return job_processes(job)
     result = KillResult(ok=True)
     all_pids: set[int] = set()
     for _round in range(3):  # a launcher may spawn a worker while we kill: re-scan
-        procs = alive(processes if processes is not None else job_processes(job))
+        procs = alive(processes if processes is not None else scan())
         processes = None
         if not procs:
             break
@@ -183,7 +192,7 @@ def kill_job(job: JobConfig, grace: float, gpu_timeout: float,
         still = _wait_gone(killed, max(5.0, grace))
         if still:
             result.survivors = [p.pid for p in still]
-    leftover = alive(job_processes(job))
+    leftover = alive(scan())
     if leftover:
         result.survivors = sorted(set(result.survivors) | {p.pid for p in leftover})
     result.ok = not result.survivors

@@ -1,4 +1,4 @@
-"""Start a job's training again, detached, and check that it really runs.
+"""Start a job's training again, detached, in the run's own environment; check it runs.
 
 Why detached (``start_new_session=True``, stdin from /dev/null): the resumed run must
 outlive the remediator (a restart of the remediator must not take the training with it)
@@ -7,35 +7,36 @@ and must not get the remediator's terminal signals.  Output is *appended* to the
 metrics; with no log_file configured it goes to ``output_dir/trainguard-resume.log`` and
 the log line says so.
 
-Which python the resumed run uses (for the compatibility verdict): the one the command
-would find.  For ``accelerate``/``torchrun`` that is the interpreter in the launcher's
-``#!`` line, looked up on the PATH the run gets (``launch.env`` PATH if set, else ours);
-for ``python...`` the interpreter itself; when it cannot be found, the remediator's own
-environment.  No extra config key: it is what the run will really execute.
+Two ways to start it (``remediator.launch_via``):
+
+* ``direct`` (default): a child of the remediator in a new session.
+* ``systemd-run``: a transient unit of the user's systemd manager (``systemd-run --user``),
+  so the run is a child of that manager, not of the remediator: it does not inherit the
+  remediator unit's sandbox (``ProtectSystem=``, ``NoNewPrivileges=``, an empty
+  capability bounding set, its address families) or its cgroup, and restarting the
+  remediator cannot touch it.  The environment goes through a 0600 ``EnvironmentFile=``
+  beside the state file, never through the command line (which every user can read).
+  The shipped systemd unit uses this (deploy/systemd/trainguard-remediator.service).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import re
-import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 from trainguard.config import JobConfig
-from trainguard.process import alive, job_processes, same_process
-from trainguard.script import ScriptError, read_script, script_kind
+from trainguard.process import JobProcess, alive, same_process
+from trainguard.script import script_kind
 
 log = logging.getLogger(__name__)
-
 
 class LaunchError(Exception):
     """The run could not be started; the message says why."""
@@ -43,7 +44,7 @@ class LaunchError(Exception):
 
 @dataclass(frozen=True)
 class Launched:
-    pid: int
+    pid: int             # the started process (direct), or systemd-run's (0 in a dry run)
     create_time: float   # psutil's, for recognising this very process (pid reuse)
     started: float       # time.time() right before the start: compared with alert times,
     #                      since create_time derives from a whole-second boot time and can
@@ -69,21 +70,44 @@ def script_argv(script: Path) -> list[str]:
     return ["bash", str(script)]
 
 
-def run_env(job: JobConfig, extra: Mapping[str, str]) -> dict[str, str]:
-    """os.environ + the job's launch.env + the compatibility fixes (later wins)."""
-    env = dict(os.environ)
-    if job.launch is not None:
-        env.update(job.launch.env)
-    env.update(extra)
-    return env
-
-
 def _reap(proc: subprocess.Popen[bytes]) -> None:
     """Wait for the child in the background so it never lingers as a zombie."""
     threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
 
 
-def start(job: JobConfig, argv: Sequence[str], env: Mapping[str, str]) -> Launched:
+def _header(argv: Sequence[str], cwd: Path) -> bytes:
+    return (f"\n# trainguard: starting {' '.join(argv)} in {cwd} at "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n").encode()
+
+
+def systemd_run_argv(unit: str, argv: Sequence[str], cwd: Path, logfile: Path,
+                     env_file: Path) -> list[str]:
+    """The ``systemd-run --user`` command line that starts ``argv`` outside our unit."""
+    return ["systemd-run", "--user", "--collect", "--quiet", f"--unit={unit}",
+            f"--working-directory={cwd}",
+            f"--property=EnvironmentFile={env_file}",
+            f"--property=StandardOutput=append:{logfile}",
+            f"--property=StandardError=append:{logfile}",
+            "--property=KillMode=control-group", "--", *argv]
+
+
+def write_env_file(path: Path, env: Mapping[str, str]) -> None:
+    """An ``EnvironmentFile=`` (0600): one ``KEY="value"`` per line, systemd's quoting."""
+    lines = []
+    for k, v in sorted(env.items()):
+        if "\n" in v:
+            raise LaunchError(f"environment variable {k} holds a newline; systemd's "
+                              "EnvironmentFile cannot carry it")
+        escaped = v.replace("\\", "\\\\").replace('"', '\\"')
+        lines.append(f'{k}="{escaped}"\n')
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+    os.chmod(path, 0o600)
+
+
+def start(job: JobConfig, argv: Sequence[str], env: Mapping[str, str], *,
+          via: str = "direct", state_dir: Path | None = None) -> Launched:
     """Start ``argv`` from the job's workdir, detached, output appended to its log."""
     if job.launch is None:
         raise LaunchError(f"job {job.name}: no launch section configured, cannot restart it")
@@ -95,14 +119,25 @@ def start(job: JobConfig, argv: Sequence[str], env: Mapping[str, str]) -> Launch
     except OSError as exc:
         raise LaunchError(f"{logfile}: cannot open the log for appending: {exc}") from None
     try:
-        out.write(f"\n# trainguard: starting {' '.join(argv)} in {cwd} at "
-                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        out.write(_header(argv, cwd))
         out.flush()
         started = time.time()
+        if via == "systemd-run":
+            folder = state_dir or job.output_dir
+            env_file = folder / f".trainguard-env-{job.name}"
+            write_env_file(env_file, env)
+            unit = f"trainguard-{job.name}-{int(started)}"
+            cmd = systemd_run_argv(unit, argv, cwd, logfile, env_file)
+            res = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                                 text=True, timeout=60, check=False)
+            if res.returncode != 0:
+                raise LaunchError(f"systemd-run failed ({res.returncode}): "
+                                  f"{(res.stderr or res.stdout).strip()[-300:]}")
+            return Launched(0, 0.0, started, tuple(cmd), logfile, cwd)
         proc = subprocess.Popen(list(argv), cwd=str(cwd), env=dict(env),
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)
-    except OSError as exc:
+    except (OSError, subprocess.TimeoutExpired) as exc:
         raise LaunchError(f"cannot start {argv[0]} in {cwd}: {exc}") from None
     finally:
         out.close()
@@ -123,69 +158,26 @@ def _running(launched: Launched) -> bool:
         return False
 
 
-def verify(job: JobConfig, launched: Launched, seconds: float,
+def verify(launched: Launched, scan: Callable[[], list[JobProcess]], seconds: float,
            interval: float = 0.2) -> tuple[bool, str]:
-    """After ``seconds``, is the launched process alive and recognised as the job's?"""
+    """After ``seconds``, does the job rule see a root of the job started by this launch?
+
+    The root must have started at or after the launch (so an old process the kill missed
+    cannot pass for the new run); with a direct launch the started process itself must
+    still live.
+    """
     deadline = time.monotonic() + seconds
-    matched = False
+    root: JobProcess | None = None
     while True:
-        if not _running(launched):
+        if launched.pid and not _running(launched):
             return False, f"pid {launched.pid} exited within {seconds:g}s of starting"
-        if not matched:
-            mine = {launched.pid}
-            with contextlib.suppress(psutil.Error, OSError):
-                mine |= {c.pid for c in psutil.Process(launched.pid).children(recursive=True)}
-            matched = any(p.pid in mine for p in alive(job_processes(job)))
+        if root is None or not same_process(root.pid, root.create_time):
+            root = next((p for p in alive(scan())
+                         if p.root and p.create_time >= launched.started - 1.0), None)
         if time.monotonic() >= deadline:
             break
         time.sleep(interval)
-    if not matched:
-        return False, (f"pid {launched.pid} is alive but no process of its tree matches the "
-                       f"job's rule (output_dir/script in its arguments)")
-    return True, f"pid {launched.pid} alive after {seconds:g}s and matches the job"
-
-
-# --------------------------------------------------------------------------- python
-
-
-def _interpreter_of(launcher: str) -> str | None:
-    try:
-        with open(launcher, "rb") as f:
-            first = f.readline(512).decode("utf-8", "replace").strip()
-    except OSError:
-        return None
-    if not first.startswith("#!"):
-        return None
-    parts = first[2:].split()
-    if not parts:
-        return None
-    if os.path.basename(parts[0]) == "env" and len(parts) > 1:
-        return shutil.which(parts[-1])
-    return parts[0] if os.path.exists(parts[0]) else None
-
-
-def find_python(job: JobConfig, env: Mapping[str, str]) -> str | None:
-    """The interpreter the job's training command will run, or None (see module doc)."""
-    launch = job.launch
-    if launch is None:
-        return None
-    try:
-        words = list(launch.command) if launch.command is not None else (
-            list(read_script(launch.script).command) if launch.script is not None else [])
-    except ScriptError:
-        return None
-    i = 0
-    while i < len(words) and (re.match(r"^[A-Za-z_]\w*=", words[i]) or
-                              words[i] in ("exec", "nohup", "env", "call")):
-        i += 1
-    if i >= len(words):
-        return None
-    program = words[i]
-    path_var = env.get("PATH", os.environ.get("PATH", ""))
-    found = program if os.path.isabs(program) else shutil.which(program, path=path_var)
-    if found is None:
-        return None
-    name = os.path.basename(found)
-    if name.startswith("python"):
-        return found
-    return _interpreter_of(found)
+    if root is None:
+        return False, (f"no process matching the job's rule started within {seconds:g}s "
+                       f"of the launch")
+    return True, f"pid {root.pid} alive after {seconds:g}s and matches the job"

@@ -244,7 +244,7 @@ def test_dry_run_decides_and_touches_nothing(tmp_path: Path) -> None:
         outcomes = {a["action"]: a["outcome"] for a in inc["actions"]}
         assert outcomes["kill"] == "dry_run" and outcomes["resume"] == "dry_run"
         assert "dry-step00000010-state" in next(
-            a["detail"] for a in inc["actions"] if a["action"] == "choose")
+            a["detail"] for a in inc["actions"] if a["action"] == "decide")
         assert alive_pids(hung_pids) == hung_pids
         assert not resumed_copy_path(run.script).exists()
         assert len(run.events("start")) == 1

@@ -1,0 +1,149 @@
+"""What to do about one incident, decided from a snapshot of facts: pure, no side effects.
+
+SkyPilot's recovery strategy is a short list of named steps; this is ours.  Every branch
+the remediator can take is a function of :class:`Facts` alone, so each one (budget,
+backoff, stale, replaced, saving, resolved, paused, restart recovery, refusal) is tested
+in milliseconds without a training process (tests/remediator/test_decide.py).  The
+pipeline gathers the facts, calls :func:`decide`, and hands an :class:`Act` to an
+executor; it never branches on anything this module did not decide.
+
+The order, and why:
+
+1. the alert resolved (incident cancelled) -> nothing;
+2. paused by a person -> nothing: a run stopped on purpose stays stopped;
+3. gave up already -> nothing (a person must ``reset``);
+4. restart budget: ``max_restarts`` launches within ``window_seconds`` -> give up;
+   otherwise wait out the backoff (``backoff_seconds`` doubled per launch in the
+   window).  Waiting, not skipping: Alertmanager will not send this alert as new again;
+5. a checkpoint being written -> wait up to ``saving_wait_seconds`` (a save looks exactly
+   like an idle hang, DESIGN.md §4); after that, the save is treated as dead;
+6. completed, stale (the alert started before the run trainguard launched last: also how
+   an incident left mid-action by a remediator restart is recognised) or already
+   replaced (every live process started after the alert) -> nothing;
+7. the resume cannot be prepared (no launch section, script without a training command,
+   workdir gone, copy not writable, checkpoints this host cannot repair...) -> refuse:
+   nothing is signalled, and a person is told why;
+8. otherwise act: kill exactly the job's live processes, then resume as prepared.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from trainguard.process import JobProcess
+
+from .prepare import Prepared, Refusal
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_restarts: int
+    window_seconds: float
+    backoff_seconds: float
+    saving_wait_seconds: float
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything a decision may look at, read once per round."""
+
+    now: float
+    job: str
+    incident_state: str                 # queued | waiting | acting | cancelled ...
+    alert_started: float | None         # the alert's startsAt
+    paused: bool
+    paused_reason: str | None
+    gave_up: bool
+    gave_up_reason: str | None
+    last_process_start: float | None    # when trainguard last launched the job
+    launches: tuple[float, ...]         # launch times counting against the budget
+    processes: tuple[JobProcess, ...]   # the job's live processes (the job rule)
+    completed: bool
+    writing: bool                       # a checkpoint save is in progress
+    saving_since: float | None          # when this incident began waiting for that save
+    resume: Prepared | Refusal          # the resume, proven possible, or why not
+    budget: Budget
+
+
+@dataclass(frozen=True)
+class Skip:
+    reason: str
+    state: str = "skipped"   # the incident's final state (gave_up for a job that gave up)
+
+
+@dataclass(frozen=True)
+class Wait:
+    kind: str                # "backoff" | "saving"
+    until: float             # wall-clock time to re-decide at the latest
+    reason: str
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Refuse:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Act:
+    kill: tuple[JobProcess, ...]
+    resume: Prepared
+    note: str                # e.g. that a save was waited for and treated as dead
+
+
+Decision = Skip | Wait | GiveUp | Refuse | Act
+
+
+def _fmt(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts))
+
+
+def decide(f: Facts) -> Decision:
+    """The one decision for these facts (see the module doc for the order)."""
+    if f.incident_state == "cancelled":
+        return Skip("the alert resolved before any action", state="cancelled")
+    if f.paused:
+        return Skip(f"paused by a person ({f.paused_reason or 'no reason given'}); "
+                    f"`trainguard unpause {f.job}` lets alerts act again")
+    if f.gave_up:
+        return Skip(f"gave up earlier ({f.gave_up_reason}); run `trainguard remediator reset "
+                    f"{f.job}` to re-arm", state="gave_up")
+    b = f.budget
+    if len(f.launches) >= b.max_restarts:
+        return GiveUp(f"restart budget spent: {len(f.launches)} restarts within "
+                      f"{b.window_seconds:g}s (max_restarts {b.max_restarts})")
+    if f.launches:
+        backoff = b.backoff_seconds * 2 ** (len(f.launches) - 1)
+        until = f.launches[-1] + backoff
+        if f.now < until:
+            return Wait("backoff", until, f"{len(f.launches)} restart(s) in the window: "
+                                          f"backoff {backoff:g}s")
+    note = ""
+    if f.writing:
+        started = f.saving_since if f.saving_since is not None else f.now
+        if f.now < started + b.saving_wait_seconds:
+            return Wait("saving", started + b.saving_wait_seconds,
+                        f"a checkpoint is being written; waiting up to "
+                        f"{b.saving_wait_seconds:g}s")
+        note = (f"still writing after {b.saving_wait_seconds:g}s: that save is treated as "
+                "dead")
+    if f.completed:
+        return Skip("the run completed normally; nothing to remediate")
+    if f.alert_started is not None and f.last_process_start is not None \
+            and f.alert_started < f.last_process_start:
+        return Skip(f"stale: the alert started at {_fmt(f.alert_started)}, before the run "
+                    f"trainguard started at {_fmt(f.last_process_start)}")
+    if f.processes and f.alert_started is not None \
+            and all(p.create_time > f.alert_started for p in f.processes):
+        return Skip(f"already replaced: every live process of the job started after the "
+                    f"alert ({_fmt(f.alert_started)}); pids {[p.pid for p in f.processes]}")
+    if isinstance(f.resume, Refusal):
+        return Refuse(f.resume.reason)
+    return Act(f.processes, f.resume, note)
