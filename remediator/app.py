@@ -28,6 +28,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from werkzeug.exceptions import HTTPException
 
+from trainguard.checkpoint import CheckpointScanner
 from trainguard.config import Config
 
 from .pipeline import Alert, Remediator, parse_time
@@ -46,6 +48,7 @@ from .store import Store, StoreError, summarize
 log = logging.getLogger("remediator.http")
 
 EXTENSION = "trainguard_remediator"
+STATUS_RESCAN_SECONDS = 5.0
 
 
 class TokenError(Exception):
@@ -64,10 +67,16 @@ def load_token(config: Config) -> str:
                          "not run without a bearer token (create one, e.g. with `trainguard "
                          "init`)")
     try:
+        mode = Path(path).stat().st_mode
         token = Path(path).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise TokenError(f"{path}: cannot read the webhook token file "
                          f"(remediator.token_file): {exc.__class__.__name__}") from None
+    if mode & 0o077:
+        # As ssh does with keys: a secret others can read is not a secret.  Refusing is
+        # louder than a warning nobody reads, and the fix is one command.
+        raise TokenError(f"{path}: the webhook token file is readable by other users (mode "
+                         f"{mode & 0o777:o}); run `chmod 600 {path}`")
     if len(token) < 16 or any(c.isspace() for c in token):
         raise TokenError(f"{path}: the webhook token must be one line of at least 16 "
                          "non-space characters")
@@ -83,12 +92,28 @@ def _obj(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
+def _text(value: str, where: str) -> str:
+    """A string we keep: it must be valid Unicode (JSON allows lone surrogates, which
+    neither SQLite nor a log line can encode)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayloadError(f"{where}: not valid Unicode (a lone surrogate escape)") from None
+    return value
+
+
 def _labels(value: Any, where: str) -> dict[str, str]:
     labels = _obj(value, where)
     for k, v in labels.items():
+        _text(k, f"{where} key")
         if not isinstance(v, str):
-            raise PayloadError(f"{where}.{k}: expected a string label value")
+            raise PayloadError(f"{where}.{_safe(k)}: expected a string label value")
+        _text(v, f"{where}.{_safe(k)}")
     return labels
+
+
+def _safe(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")[:80]
 
 
 def parse_payload(data: Any) -> list[Alert]:
@@ -113,11 +138,14 @@ def parse_payload(data: Any) -> list[Alert]:
         starts = alert.get("startsAt")
         if not isinstance(starts, str):
             raise PayloadError(f"{where}.startsAt: expected an RFC 3339 time string")
+        _text(starts, f"{where}.startsAt")
         try:
             starts_ts = parse_time(starts)
         except ValueError as exc:
             raise PayloadError(f"{where}.startsAt: {exc}") from None
         fp = alert.get("fingerprint")
+        if isinstance(fp, str):
+            _text(fp, f"{where}.fingerprint")
         out.append(Alert(job=labels.get("training_job", ""),
                          alertname=labels.get("alertname", "unnamed"),
                          status=status, starts_at=starts, starts_ts=starts_ts,
@@ -143,6 +171,14 @@ class _StoreCollector(Collector):
         for (name, action, outcome), n in sorted(self.store.action_counts().items()):
             if name in configured:  # unknown names come from alerts: no label explosion
                 total.add_metric([name, action, outcome], n)
+        paused = GaugeMetricFamily("trainguard_job_paused",
+                                   "1 while a person has paused the job: no alert acts on it "
+                                   "and TrainingProcessDown stays quiet",
+                                   labels=["training_job"])
+        refused = GaugeMetricFamily("trainguard_remediator_refused",
+                                    "1 while the job's latest incident was refused (nothing "
+                                    "was signalled; the reason is on the status page)",
+                                    labels=["training_job"])
         last = GaugeMetricFamily("trainguard_remediation_last_timestamp_seconds",
                                  "When the remediator last restarted the job (0: never)",
                                  labels=["training_job"])
@@ -153,9 +189,10 @@ class _StoreCollector(Collector):
             js = self.store.job_state(job.name)
             last.add_metric([job.name], js.last_remediation or 0.0)
             gave.add_metric([job.name], 1.0 if js.gave_up else 0.0)
-        yield total
-        yield last
-        yield gave
+            paused.add_metric([job.name], 1.0 if js.paused else 0.0)
+            latest = self.store.latest_outcome(job.name)
+            refused.add_metric([job.name], 1.0 if latest and latest[0] == "refused" else 0.0)
+        yield from (total, last, gave, paused, refused)
 
 
 # --------------------------------------------------------------------------- app
@@ -246,6 +283,8 @@ def create_app(config: Config, *, token: str | None = None, store: Store | None 
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             return error(400, "body: expected a JSON object (Alertmanager webhook v4)")
+        except RecursionError:
+            return error(400, "body: JSON nested too deeply for an Alertmanager payload")
         try:
             parsed = parse_payload(data)
         except PayloadError as exc:
@@ -288,6 +327,27 @@ def create_app(config: Config, *, token: str | None = None, store: Store | None 
         log.info("%s: re-armed through the API (restart budget starts afresh)", job)
         return _json(200, {"training_job": job, "gave_up": False})
 
+    def set_paused(job: str, paused: bool) -> Response:
+        if not authorized():
+            return unauthorized()
+        if config.job(job) is None:
+            return error(404, f"no configured job is named {job!r}")
+        reason = "paused through the API" if paused else "unpaused through the API"
+        store.set_paused(job, paused, reason)
+        store.record(job, None, "pause" if paused else "unpause", "ok", reason)
+        log.info("%s: %s", job, reason)
+        return _json(200, {"training_job": job, "paused": paused})
+
+    @app.post("/api/jobs/<job>/pause")
+    def pause(job: str) -> Response:
+        return set_paused(job, True)
+
+    @app.post("/api/jobs/<job>/unpause")
+    def unpause(job: str) -> Response:
+        return set_paused(job, False)
+
+    checkpoints = _CheckpointLines(config)
+
     @app.get("/")
     def status() -> str:
         jobs = []
@@ -296,9 +356,11 @@ def create_app(config: Config, *, token: str | None = None, store: Store | None 
             busy = remediator.busy(job.name)
             state = ("gave up: " + (js.gave_up_reason or "") if js.gave_up
                      else f"handling incident {busy}" if busy else "armed")
+            if js.paused:
+                state = f"paused: {js.paused_reason or ''}"
             jobs.append({"name": job.name, "state": state, "gave_up": js.gave_up,
                          "last": _when(js.last_remediation),
-                         "checkpoints": _checkpoints(job.output_dir)})
+                         "checkpoints": checkpoints.lines(job.name)})
         return render_template_string(_STATUS_PAGE, jobs=jobs, dry_run=config.remediator.dry_run,
                                       incidents=store.incidents(limit=50))
 
@@ -317,14 +379,33 @@ def _when(ts: float | None) -> str:
     return "never" if not ts else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def _checkpoints(output_dir: Path) -> list[str]:
-    try:
-        from trainguard.checkpoint import list_checkpoints
+class _CheckpointLines:
+    """The status page's checkpoint column, without re-inspecting on every request.
 
-        return [f"{c.name}: step {c.step}, {c.status.value}"
-                for c in list_checkpoints(output_dir)[:10]]
-    except Exception as exc:  # the page must render even when the doctor cannot
-        return [f"cannot list: {type(exc).__name__}: {exc}"]
+    A :class:`CheckpointScanner` per job re-inspects only folders whose files changed,
+    and a page asked for again within :data:`STATUS_RESCAN_SECONDS` is served from the
+    last scan: a browser left on auto-refresh, or a crawler, costs nothing.
+    """
+
+    def __init__(self, config: Config) -> None:
+        fresh = config.exporter.writing_fresh_seconds
+        self._scanners = {j.name: CheckpointScanner(j.output_dir, fresh) for j in config.jobs}
+        self._lines: dict[str, tuple[float, list[str]]] = {}
+        self._lock = threading.Lock()
+
+    def lines(self, job: str) -> list[str]:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._lines.get(job)
+            if cached is not None and now - cached[0] < STATUS_RESCAN_SECONDS:
+                return cached[1]
+            try:
+                out = [f"{c.name}: step {c.step}, {c.status.value}"
+                       for c in self._scanners[job].scan()[:10]]
+            except Exception as exc:  # the page must render even when the doctor cannot
+                out = [f"cannot list: {type(exc).__name__}: {exc}"]
+            self._lines[job] = (now, out)
+            return out
 
 
 def remediator_of(app: Flask) -> Remediator:

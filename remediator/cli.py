@@ -5,7 +5,11 @@ Forms (DESIGN.md §2 keeps the first exactly):
 * ``trainguard remediator --config FILE [--listen HOST:PORT]`` serves (``serve`` may be
   spelled out: ``trainguard remediator serve --config FILE``);
 * ``trainguard remediator reset JOB --config FILE`` re-arms a job that gave up, by
-  writing to the same state file the server reads (the server needs no restart).
+  writing to the same state file the server reads (the server needs no restart);
+* ``trainguard pause JOB --config FILE [--reason TEXT]`` / ``trainguard unpause JOB
+  --config FILE``: while a job is paused no alert acts on it and TrainingProcessDown stays
+  quiet (the remediator publishes ``trainguard_job_paused``), so a run a person stops on
+  purpose stays stopped.  Same state file, no restart.
 
 Refusing to start is exit 2 with one line: no token file, unreadable state file, a
 listen address in use.
@@ -14,19 +18,30 @@ listen address in use.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from remediator import repair_cli
-from trainguard.config import Config, Listen, load_config, parse_listen
+from trainguard.config import LAUNCH_VIA, Config, Listen, load_config, parse_listen
 
 if TYPE_CHECKING:
     from trainguard.cli import CommandRegistry
 
 log = logging.getLogger("remediator")
+
+
+# waitress: a connection that sends nothing for channel_timeout seconds is closed, checked
+# every cleanup_interval seconds (defaults: 120 and 30), so clients that connect and stall
+# (half-open, slowloris) cannot hold every connection slot for minutes.  Alertmanager
+# sends its whole request at once.
+SERVER_OPTIONS: dict[str, Any] = {"threads": 8, "ident": "trainguard-remediator",
+                                  "channel_timeout": 10, "cleanup_interval": 2,
+                                  "connection_limit": 100,
+                                  "max_request_header_size": 64 * 1024}
 
 
 class _Stop(SystemExit):
@@ -50,6 +65,15 @@ def register(registry: CommandRegistry) -> None:
     reset.add_argument("job", metavar="JOB", help="the job's name (training_job label)")
     _common(reset, required=False, suppress=True, listen=False)
     reset.set_defaults(handler=_reset)
+    for name, doc in (("pause", "stop trainguard acting on a job (a run stopped on purpose "
+                                "stays stopped)"),
+                      ("unpause", "let alerts act on a paused job again")):
+        sp = registry.commands.add_parser(name, help=doc, description=doc[0].upper() + doc[1:])
+        sp.add_argument("job", metavar="JOB", help="the job's name (training_job label)")
+        sp.add_argument("--config", metavar="FILE", default=None, help="trainguard YAML config")
+        if name == "pause":
+            sp.add_argument("--reason", default=None, help="shown on the status page")
+        sp.set_defaults(handler=_pause, pause=name == "pause")
 
 
 def _common(p: argparse.ArgumentParser, *, required: bool, suppress: bool = False,
@@ -61,6 +85,9 @@ def _common(p: argparse.ArgumentParser, *, required: bool, suppress: bool = Fals
         p.add_argument("--listen", metavar="HOST:PORT", default=default,
                        help="address to listen on (default: remediator.listen, else "
                             "127.0.0.1:9843)")
+        p.add_argument("--launch-via", choices=LAUNCH_VIA, default=default,
+                       help="how resumed runs are started (default: remediator.launch_via, "
+                            "else direct); the systemd unit uses systemd-run")
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -75,6 +102,9 @@ def _serve(args: argparse.Namespace) -> int:
     from trainguard.cli import UsageError
 
     config = _load(args)
+    if getattr(args, "launch_via", None):
+        config = dataclasses.replace(config, remediator=dataclasses.replace(
+            config.remediator, launch_via=args.launch_via))
     listen: Listen = config.remediator.listen
     if getattr(args, "listen", None):
         try:
@@ -91,8 +121,8 @@ def _serve(args: argparse.Namespace) -> int:
     except (TokenError, StoreError) as exc:
         raise UsageError(f"remediator: {exc}") from None
     try:
-        server = waitress.create_server(app, host=listen.host, port=listen.port, threads=8,
-                                        ident="trainguard-remediator")
+        server = waitress.create_server(app, host=listen.host, port=listen.port,
+                                        **SERVER_OPTIONS)
     except OSError as exc:
         raise UsageError(f"remediator: cannot listen on {listen}: {exc.strerror or exc}") \
             from None
@@ -135,4 +165,35 @@ def _reset(args: argparse.Namespace) -> int:
         raise UsageError(f"remediator reset: {exc}") from None
     was = "had given up" if before.gave_up else "was armed already"
     print(f"{args.job}: re-armed ({was}); the restart budget starts afresh")
+    return 0
+
+
+def _pause(args: argparse.Namespace) -> int:
+    from trainguard.cli import UsageError
+
+    from .store import Store, StoreError
+
+    command = "pause" if args.pause else "unpause"
+    config = _load(args)
+    if config.job(args.job) is None:
+        names = ", ".join(j.name for j in config.jobs)
+        raise UsageError(f"{command}: no job named {args.job!r} in {config.path} "
+                         f"(configured: {names})")
+    assert config.remediator.state_path is not None
+    reason = getattr(args, "reason", None) or "paused from the command line"
+    try:
+        store = Store(config.remediator.state_path)
+        before = store.job_state(args.job).paused
+        store.set_paused(args.job, args.pause, reason)
+        store.record(args.job, None, command, "ok", reason if args.pause else
+                     "unpaused from the command line")
+        store.close()
+    except StoreError as exc:
+        raise UsageError(f"{command}: {exc}") from None
+    if args.pause:
+        print(f"{args.job}: paused{' (it was already)' if before else ''}; no alert acts on "
+              f"it until `trainguard unpause {args.job} --config {config.path}`")
+    else:
+        print(f"{args.job}: unpaused{'' if before else ' (it was not paused)'}; alerts act "
+              "on it again")
     return 0

@@ -66,9 +66,11 @@ class Run:
                            "resume_flag": "--resume",
                            "env": {"PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", "")}}}
 
-    def start(self) -> subprocess.Popen[bytes]:
-        """Start the run as FluxGym does: ``bash outputs/<name>/train.sh`` from the root."""
-        env = dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
+    def start(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start the run as FluxGym does: ``bash outputs/<name>/train.sh`` from the root
+        (``env``: the whole environment; default ours with the test venv first on PATH)."""
+        if env is None:
+            env = dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
         with open(self.log_file, "ab") as out:
             return subprocess.Popen(["bash", str(self.script.relative_to(self.root))],
                                     cwd=self.root, stdout=out, stderr=subprocess.STDOUT,
@@ -76,18 +78,20 @@ class Run:
 
 
 def make_run(base: Path, name: str, *, steps: int = 30, save_every: int = 10,
-             step_seconds: float = 0.05, extra: tuple[str, ...] = (), once: bool = True) -> Run:
+             step_seconds: float = 0.05, extra: tuple[str, ...] = (), once: bool = True,
+             folder: str | None = None) -> Run:
     """Lay out a FluxGym root under ``base`` with one run; ``extra`` are trainer flags.
 
     With ``once`` (the default) a failure flag fires only in the first run, so the resumed
-    run goes on; without it every run fails the same way.
+    run goes on; without it every run fails the same way.  ``folder``: the run's folder
+    under ``outputs/`` when not its name (``a/sub`` nests one run in another's folder).
     """
     root = base / "fluxgym"
     (root / "sd-scripts").mkdir(parents=True, exist_ok=True)
     trainer = root / "sd-scripts" / "flux_train_network.py"
     if not trainer.exists():
         shutil.copy(TINY_TRAIN, trainer)
-    out = root / "outputs" / name
+    out = root / "outputs" / (folder or name)
     out.mkdir(parents=True, exist_ok=True)
     record = out / "record.jsonl"
     marker = out / "once.marker"
@@ -234,14 +238,16 @@ def thread_server(config_path: Path) -> Iterator[Client]:
 
 
 @contextmanager
-def process_server(config_path: Path, log: Path) -> Iterator[Client]:
-    """``trainguard remediator --config FILE --listen ...`` as a real subprocess."""
+def process_server(config_path: Path, log: Path, *, env: dict[str, str] | None = None,
+                   trainguard: str | None = None) -> Iterator[Client]:
+    """``trainguard remediator --config FILE --listen ...`` as a real subprocess
+    (``trainguard``: another installation's console script; ``env``: its environment)."""
     port = free_port()
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [str(Path(VENV_BIN) / "trainguard"), "remediator", "--config", str(config_path),
-             "--listen", f"127.0.0.1:{port}"], stdout=out, stderr=subprocess.STDOUT,
-            cwd=REPO)
+            [trainguard or str(Path(VENV_BIN) / "trainguard"), "remediator", "--config",
+             str(config_path), "--listen", f"127.0.0.1:{port}"], stdout=out,
+            stderr=subprocess.STDOUT, cwd=REPO, env=env)
     client = Client(f"http://127.0.0.1:{port}")
 
     def up() -> bool:
