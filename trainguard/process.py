@@ -42,7 +42,7 @@ Cost, per scrape: one listing of ``/proc``; ``stat``/``cmdline`` only for pids n
 before (identity = pid + start time), for pids the kernel may have handed out again since
 the last pass (it allocates pids cyclically; ``/proc/loadavg`` names the last one and
 ``/proc/stat`` counts forks, so the range that can hold new processes is known), for
-processes seen in the last :data:`YOUNG_SECONDS` (a shell may still ``exec`` into the
+processes started in the last :data:`YOUNG_SECONDS` (a shell may still ``exec`` into the
 trainer) and for the jobs' own processes (their state and parent change).  A verdict is
 computed once per process.  ``cwd`` (a readlink) is read only for shells running a
 script and for training commands.
@@ -69,8 +69,8 @@ ZOMBIE = psutil.STATUS_ZOMBIE
 # Two create_time readings of one process agree to the clock tick (1/100 s); a recycled
 # pid is a process started later, far more than this apart in practice.
 _CREATE_TIME_TOLERANCE = 0.05
-# A process seen for the first time this recently is re-read on each pass: a shell that
-# was caught between fork and exec becomes the trainer under the same pid.
+# A process started this recently is re-read on each pass: a shell that was caught
+# between fork and exec becomes the trainer under the same pid.
 YOUNG_SECONDS = 30.0
 # Flags a resume may add to a configured command (the resume flag itself, and the
 # starting point trainer profiles pass): left out when recognising that command.
@@ -260,7 +260,7 @@ class _Entry:
     ppid: int
     state: str
     cmdline: tuple[str, ...]
-    first_seen: float
+    started: float              # wall-clock start (boot time + ticks)
     roots: tuple[str, ...] = ()  # jobs it is a root of (most specific first)
     member: str | None = None    # the job it belongs to; decided once, kept
     decided: bool = False
@@ -407,7 +407,7 @@ class ProcessMatcher:
             present.add(pid)
             entry = table.get(pid)
             if entry is not None and entry.member is None and entry.decided \
-                    and now - entry.first_seen > YOUNG_SECONDS \
+                    and now - entry.started > YOUNG_SECONDS \
                     and not self._clock.may_be_new(pid):
                 continue  # a known bystander: nothing about it can have changed for us
             reads += 1
@@ -426,10 +426,11 @@ class ProcessMatcher:
             if entry is not None and entry.ticks == ticks:
                 # exec() under the same pid: a new command line, same membership so far
                 member = entry.member
-                table[pid] = _Entry(ticks, comm, ppid, state, cmdline, entry.first_seen,
+                table[pid] = _Entry(ticks, comm, ppid, state, cmdline, entry.started,
                                     member=member)
             else:
-                table[pid] = _Entry(ticks, comm, ppid, state, cmdline, now)
+                table[pid] = _Entry(ticks, comm, ppid, state, cmdline,
+                                    self._boot + ticks / _CLK_TCK)
             fresh.append(pid)
         for pid in [p for p in table if p not in present]:
             del table[pid]
