@@ -203,6 +203,9 @@ _STATUS_PAGE = """<!doctype html>
 td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left}.bad{color:#b00}</style>
 </head><body><h1>trainguard remediator</h1>
 <p>{{ 'DRY RUN: decisions are recorded, nothing is touched.' if dry_run else '' }}</p>
+{% if not can_repair %}<p class="bad">torch is not installed here: checkpoints that need a
+repair for their run's environment cannot be repaired, and such runs are refused rather
+than restarted from scratch (pip install 'trainguard[torch]').</p>{% endif %}
 <h2>Jobs</h2><table><tr><th>job</th><th>state</th><th>last restart</th>
 <th>checkpoints (newest first)</th></tr>
 {% for j in jobs %}<tr><td>{{ j.name }}</td>
@@ -362,6 +365,7 @@ def create_app(config: Config, *, token: str | None = None, store: Store | None 
                          "last": _when(js.last_remediation),
                          "checkpoints": checkpoints.lines(job.name)})
         return render_template_string(_STATUS_PAGE, jobs=jobs, dry_run=config.remediator.dry_run,
+                                      can_repair=remediator.can_repair,
                                       incidents=store.incidents(limit=50))
 
     if start_workers:
