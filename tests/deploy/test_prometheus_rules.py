@@ -12,7 +12,8 @@ from deploy_testlib import FAST_TUNABLES, PROMETHEUS_DIR, RULES, TUNABLES, run_t
 
 REMEDIATING = {"TrainingGPUIdle", "TrainingStalled", "TrainingProcessDown"}
 NOTIFY_ONLY = {"TrainingCheckpointInvalid", "TrainingCheckpointStale",
-               "TrainingRemediationGaveUp", "TrainguardExporterDown"}
+               "TrainingRemediationGaveUp", "TrainingRemediationRefused",
+               "TrainguardExporterDown"}
 PER_JOB = REMEDIATING | NOTIFY_ONLY - {"TrainguardExporterDown"}
 
 
