@@ -79,7 +79,7 @@ def test_step_from_train_state_beats_name_and_epoch_names(tmp_path: Path) -> Non
     out = tmp_path / "out"
     make_accelerate_checkpoint(out / "lora-000001-state", 120, epoch=1, mtime=NOW - 50)
     make_accelerate_checkpoint(out / "lora-000002-state", 240, epoch=2, mtime=NOW - 500)
-    make_accelerate_checkpoint(out / "lora-step00000200-state", 200, mtime=NOW)
+    make_accelerate_checkpoint(out / "lora-step00000200-state", 200, epoch=2, mtime=NOW)
     assert names(out) == ["lora-000002-state", "lora-step00000200-state", "lora-000001-state"]
 
 
@@ -95,6 +95,7 @@ def test_end_of_training_state_sorts_after_equal_step(tmp_path: Path) -> None:
 
 
 def test_latest_skips_half_saves_and_picks_the_seed_case(tmp_path: Path) -> None:
+    # The seed's states (RNG step 0 at every epoch end) are whole: valid, chosen as they are.
     out = tmp_path / "out"
     make_accelerate_checkpoint(out / "k-000029-state", 348, epoch=29, rng_step=0, mtime=NOW - 900)
     seed = make_accelerate_checkpoint(out / "k-000030-state", 360, epoch=30, rng_step=0,
@@ -107,8 +108,8 @@ def test_latest_skips_half_saves_and_picks_the_seed_case(tmp_path: Path) -> None
     set_mtime(cut, NOW - 600)
     infos = list_checkpoints(out, now=NOW)
     assert [(i.step, i.status) for i in infos] == [
-        (384, Status.INVALID), (372, Status.INVALID), (360, Status.REPAIRABLE),
-        (348, Status.REPAIRABLE)]
+        (384, Status.INVALID), (372, Status.INVALID), (360, Status.VALID),
+        (348, Status.VALID)]
     best = latest_usable(out, now=NOW)
     assert best is not None and best.path == seed
 
