@@ -11,7 +11,7 @@ import pytest
 from helpers.checkpoints import _accelerator, make_accelerate_checkpoint, set_mtime
 
 from remediator.repair import RepairError, apply_repair, backup, plan_repair
-from trainguard.checkpoint import Status, inspect_checkpoint
+from trainguard.checkpoint import inspect_checkpoint
 from trainguard.checkpoint.compat import Environment
 
 SENTINEL = 987654
