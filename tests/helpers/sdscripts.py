@@ -36,13 +36,15 @@ LAST_STATE_NAME = "{}-state"
 
 def run_sim(script: Path, args: list[str], *, cwd: Path, env: dict[str, str] | None = None,
             timeout: float = 300, expect_rc: int | None = 0) -> subprocess.CompletedProcess[str]:
-    """Run a simulator to its end with this interpreter; output captured (stdout and
-    stderr into one, as under ``2>&1``)."""
+    """Run a simulator to its end with this interpreter; output captured as the bytes a log
+    file gets (stdout and stderr into one pipe, as under ``2>&1 | tee``; ``\r`` kept)."""
     full_env = dict(os.environ if env is None else env)
     full_env.pop("PYTHONUNBUFFERED", None)  # FluxGym sets none: prints stay buffered
-    proc = subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=full_env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout, check=False)
+    raw = subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=full_env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         timeout=timeout, check=False)
+    proc = subprocess.CompletedProcess(raw.args, raw.returncode,
+                                       raw.stdout.decode("utf-8", errors="replace"))
     if expect_rc is not None and proc.returncode != expect_rc:
         raise AssertionError(f"{script.name} exited {proc.returncode}, expected {expect_rc}:\n"
                              f"{proc.stdout[-4000:]}")
