@@ -326,10 +326,11 @@ def inspect_checkpoint(path: Path, *, now: float | None = None,
         if name == "random_states_0.pkl":
             rng_step, numpy_module = state.step, state.numpy_module
 
-    # sd-scripts states: the LR scheduler's count (see the module docstring), per process.
+    # sd-scripts states: the LR scheduler's count (see the module docstring), per process;
+    # read only where it is used (a train_state.json of sd-scripts' hook is there).
     scheduler_step: int | None = None
     processes = max(1, len(rng_files))
-    if _SCHEDULER in files and not trainer:
+    if _SCHEDULER in files and not trainer and train_step is not None:
         count = read_scheduler_count(path / _SCHEDULER)
         if count is not None:
             scheduler_step = count // processes

@@ -55,7 +55,8 @@ class CheckpointInfo:
     name_step: int | None = None   # the number in a step-named folder (sd-scripts' own
                                    # counter: it restarts on resume, see order.py)
     scheduler_step: int | None = None  # optimizer steps the LR scheduler counted along
-                                       # this checkpoint's line of resumes (scheduler.bin)
+                                       # this checkpoint's line of resumes (scheduler.bin;
+                                       # read for sd-scripts states only)
     processes: int = 1          # how many processes saved it (random_states_{rank}.pkl)
     kept_aside: bool = False    # renamed aside by trainguard before a resume would have
                                 # written over it (trainguard.trainers)
