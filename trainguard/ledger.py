@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -35,10 +35,13 @@ class Resume:
     step: int | None = None   # CheckpointInfo.step of that checkpoint when it was chosen
     epoch: int | None = None  # CheckpointInfo.epoch of that checkpoint
     profile: str = ""         # the trainers profile whose edits the launch carried
+    reached: int | None = None  # how far the run got (the step last seen) once it ended;
+                                # for reports: the order needs only launched_at
 
     def to_json(self) -> dict[str, Any]:
         return {"launched_at": self.launched_at, "checkpoint": self.checkpoint,
-                "step": self.step, "epoch": self.epoch, "profile": self.profile}
+                "step": self.step, "epoch": self.epoch, "profile": self.profile,
+                "reached": self.reached}
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,12 @@ class ResumeLedger:
         """A new ledger with ``resume`` added."""
         return ResumeLedger((*self.resumes, resume))
 
+    def with_reached(self, step: int) -> ResumeLedger:
+        """A new ledger whose latest run got as far as ``step`` (unchanged when empty)."""
+        if not self.resumes:
+            return self
+        return ResumeLedger((*self.resumes[:-1], replace(self.resumes[-1], reached=step)))
+
     def to_json(self) -> list[dict[str, Any]]:
         return [r.to_json() for r in self.resumes]
 
@@ -83,12 +92,13 @@ class ResumeLedger:
             name = item.get("checkpoint")
             if not isinstance(name, str) or not name:
                 raise ValueError(f"{where}: checkpoint is {name!r}, expected a folder name")
-            for key in ("step", "epoch"):
+            for key in ("step", "epoch", "reached"):
                 v = item.get(key)
                 if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                     raise ValueError(f"{where}: {key} is {v!r}, expected a whole number")
             profile = item.get("profile", "")
             if not isinstance(profile, str):
                 raise ValueError(f"{where}: profile is {profile!r}, expected a string")
-            out.append(Resume(float(at), name, item.get("step"), item.get("epoch"), profile))
+            out.append(Resume(float(at), name, item.get("step"), item.get("epoch"), profile,
+                              item.get("reached")))
         return cls(tuple(out))

@@ -180,6 +180,10 @@ def test_ledger_round_trips_and_rejects_bad_entries() -> None:
     ledger = ResumeLedger((Resume(20.0, "b", 40, 4, SD_SCRIPTS), Resume(10.0, "a")))
     assert [r.checkpoint for r in ledger.resumes] == ["a", "b"]  # oldest first, always
     assert ResumeLedger.from_json(ledger.to_json()) == ledger
+    done = ledger.with_reached(57)
+    assert done.latest() == Resume(20.0, "b", 40, 4, SD_SCRIPTS, reached=57)
+    assert ResumeLedger.from_json(done.to_json()) == done and ResumeLedger().with_reached(3) \
+        == ResumeLedger()
     assert (ledger.run_of(5.0), ledger.run_of(10.0), ledger.run_of(15.0), ledger.run_of(99.0)) \
         == (0, 1, 1, 2)
     for bad, what in [([{"checkpoint": "a"}], "launched_at"),
