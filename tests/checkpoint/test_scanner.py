@@ -150,3 +150,19 @@ def test_scanner_reinspects_only_what_changed(tmp_path: Path) -> None:
     assert [i.step for i in scanner.scan()] == [4, 3, 2, 1] and scanner.inspections == 5
     shutil.rmtree(out / "checkpoint-4")
     assert [i.step for i in scanner.scan()] == [3, 2, 1]
+
+
+def test_a_save_that_died_before_its_scheduler_file_ranks_by_its_train_state(
+        tmp_path: Path) -> None:
+    """sd-scripts' hook writes train_state.json first, accelerate then the weights and
+    optimizer, the scheduler and the RNG file last: a save cut after the weights has only
+    train_state.json's count, and it is the newest thing its run wrote."""
+    out = tmp_path / "out"
+    make_accelerate_checkpoint(out / "l-step00000010-state", 10, mtime=NOW - 2000)
+    half = make_accelerate_checkpoint(out / "l-step00000020-state", 20)
+    for name in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl"):
+        (half / name).unlink()
+    set_mtime(half, NOW - 1000)  # long dead: invalid, not being written
+    infos = list_checkpoints(out, now=NOW)
+    assert [(i.name, i.status) for i in infos] == [("l-step00000020-state", Status.INVALID),
+                                                   ("l-step00000010-state", Status.VALID)]

@@ -13,7 +13,8 @@ What stays true across resumes, in the order used:
    first, ordered by **epoch**: ``current_epoch`` is set from the loop's own epoch index
    (:1403), which resumes correctly.
 2. within an epoch, the **LR scheduler's count** (doctor: ``scheduler_step``), saved and
-   restored with every state, so it counts steps along the line of resumes;
+   restored with every state, so it counts steps along the line of resumes (a half-save
+   that died before its scheduler file counts by its train_state.json);
 3. then **end of epoch** before mid-epoch: an epoch-named or final folder, or accelerate's
    RNG ``step`` of 0 (accelerate returns it to 0 at every dataloader end,
    Accelerator._do_sync, and sd-scripts never sets it);
@@ -69,6 +70,11 @@ def progress_key(info: CheckpointInfo, ledger: ResumeLedger | None = None) -> Ke
     if info.epoch is not None:
         end = at_epoch_end(info)
         counted = counted_steps(info)
+        if counted is None and info.scheduler_step is None and info.rng_step is None:
+            # A save that died before its scheduler and RNG files (accelerate writes them
+            # after the weights and optimizer): train_state.json, written first, is all
+            # it has; in the run it belongs to, that is the count the others carry too.
+            counted = info.train_state_step
         own = info.train_state_step if info.train_state_step is not None else info.name_step
         return (1, info.epoch, -1 if counted is None else counted, 1 if end else 0,
                 -1 if end or info.rng_step is None else info.rng_step, run,
