@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="where the demo's files go (default: .tg-demo/<time> in the repo)")
     p.add_argument("--hang", choices=["idle", "spin"], default="idle",
                    help="idle: the GPU goes quiet; spin: GPU 100%% busy at idle power")
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=8, help="epochs of 5 steps each")
     p.add_argument("--hang-at", type=int, default=23)
     p.add_argument("--timeout", type=float, default=240.0)
     p.add_argument("--no-wait", action="store_true",
@@ -46,9 +46,13 @@ def setup(args: argparse.Namespace, workdir: Path) -> tuple[Stack, FluxGymRun, d
     gpus.add(1)
     env = env_for(gpus.root)
     env["PATH"] = f"{REPO / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    run = make_run(workdir / "fluxgym", JOB, flags=[
-        "--max_train_steps", str(args.steps), "--save_every_n_steps", "10",
-        "--step_seconds", "0.25", "--hang_at_step", str(args.hang_at),
+    # The faithful sd-scripts simulator behind FluxGym's train.sh: 5 images, one repeat,
+    # so 5 steps an epoch; a state every 2 epochs (the script's own --save_every_n_epochs 4
+    # and --max_train_epochs 16 are overridden the way a user's advanced flags would).
+    run = make_run(workdir / "fluxgym", JOB, images=5, flags=[
+        "--max_train_epochs", str(args.epochs), "--save_every_n_epochs", "2",
+        "--sim_step_seconds", "0.25", "--sim_sample_seconds", "0",
+        "--hang_at_step", str(args.hang_at),
         "--hang_mode", args.hang, "--once_marker", str(workdir / "hang-once"),
         "--fake_gpu", str(gpus.path(0))])
     job: dict[str, Any] = {
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     stack, run, env = setup(args, workdir)
     print(f"trainguard demo in {workdir}")
-    print(f"a {args.steps}-step LoRA-shaped run will hang at step {args.hang_at}; "
+    print(f"a {args.epochs * 5}-step LoRA-shaped run will hang at step {args.hang_at}; "
           f"detection is shortened to seconds for the demo ({workdir / 'tunables.yml'})")
     print()
     narrator = Narrator(stack, JOB, run.record)

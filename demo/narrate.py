@@ -80,7 +80,7 @@ class Narrator:
                 where = (f"resuming from {event['resume']} at step {event['step']}"
                          if event.get("resume") else "starting from step 0")
                 self.say("training", f"pid {event['pid']} {where}")
-            elif kind == "save":
+            elif kind == "save" and event.get("kind", "state") == "state":
                 self.say("training", f"saved state at step {event['step']}")
             elif kind == "hang":
                 self.say("training", f"HANGS at step {event['step']} "

@@ -1,14 +1,22 @@
-"""Repair a checkpoint's RNG files so accelerate restores what the user expects.
+"""Repair a checkpoint's RNG files so the resuming environment's accelerate can load them.
 
-Two repairs, both on ``random_states_{rank}.pkl`` only (weights are never touched):
+One repair, on ``random_states_{rank}.pkl`` only (weights are never touched), and only
+when the compatibility verdict for the resuming environment asks for it
+(:func:`trainguard.checkpoint.compat.verdict`): a checkpoint that loads as it is is
+never rewritten.
 
-* ``rewrite-rng-step`` (seed 000): sd-scripts never set ``accelerator.step``, so the RNG
-  file says step 0 while train_state.json says 360.  Rewrite ``step`` from
-  train_state.json, as the seed's own fix did (``accelerator.step = global_step``).
 * ``rewrite-rng-numpy``: a file written under numpy 1.x names ``numpy.core``, which
   accelerate >= 1.1's allowlist refuses under numpy >= 2.1 (trainguard.checkpoint.compat);
   a numpy 2 file names ``numpy._core``, which numpy 1.x cannot import.  Rename the
   global to what the resuming environment's numpy uses.
+
+What is NOT repaired any more: accelerate's RNG ``step``.  sd-scripts never sets it and
+accelerate returns it to 0 at every epoch end, so 0 beside a train_state.json of 360 is
+what every real epoch-end state holds; accelerate loads it as it is and restores 0, which
+is what its own micro-batch counter should be at an epoch boundary (rewriting it to 360
+would shift gradient-accumulation boundaries after the resume).  The seed's ``KeyError:
+'step'`` came from accelerate 0.32-0.33 failing to load the file under torch >= 2.6;
+the verdict answers that with ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` for the resumed run.
 
 Safety, in order: the file is loaded with ``torch.load(weights_only=True)`` and an explicit
 allowlist (never ``weights_only=False``: a crafted pickle must not run here either); the
@@ -35,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from trainguard.checkpoint import CheckpointInfo, Status, inspect_checkpoint
-from trainguard.checkpoint.compat import REPAIR_NUMPY, REPAIR_STEP, Environment
+from trainguard.checkpoint.compat import REPAIR_NUMPY, Environment, verdict
 from trainguard.checkpoint.rng import RngFileError, read_rng_state
 
 _RNG = re.compile(r"^random_states_(\d+)\.pkl$")
@@ -56,19 +64,13 @@ class FileChange:
     file: Path
     size: int            # the stat the plan was made from: a changed file is not touched
     mtime_ns: int
-    set_step: int | None         # new `step`, or None to keep it
-    old_step: int | None
-    set_numpy: str | None        # new numpy module name, or None to keep it
-    old_numpy: str | None
+    step: int | None     # accelerate's `step`, kept as it is (checked after the rewrite)
+    set_numpy: str       # the numpy module name the file will use
+    old_numpy: str
 
     def describe(self) -> list[str]:
-        out = []
-        if self.set_step is not None:
-            out.append(f"{REPAIR_STEP}: {self.file.name}: step {self.old_step} -> {self.set_step}")
-        if self.set_numpy is not None:
-            out.append(f"{REPAIR_NUMPY}: {self.file.name}: {self.old_numpy}.multiarray"
-                       f"._reconstruct -> {self.set_numpy}.multiarray._reconstruct")
-        return out
+        return [f"{REPAIR_NUMPY}: {self.file.name}: {self.old_numpy}.multiarray"
+                f"._reconstruct -> {self.set_numpy}.multiarray._reconstruct"]
 
 
 @dataclass(frozen=True)
@@ -79,15 +81,18 @@ class RepairPlan:
     info: CheckpointInfo
     changes: tuple[FileChange, ...]
     target_numpy: str | None
+    env_fixes: tuple[tuple[str, str], ...] = ()  # what the verdict asks of the environment
 
     @property
     def needed(self) -> bool:
         return bool(self.changes)
 
     def describe(self) -> list[str]:
+        fixes = [f"resume with {k}={v} in the environment (no file change helps there)"
+                 for k, v in self.env_fixes]
         if not self.changes:
-            return [f"{self.path}: nothing to repair"]
-        return [line for c in self.changes for line in c.describe()]
+            return [f"{self.path}: nothing to repair", *fixes]
+        return [line for c in self.changes for line in c.describe()] + fixes
 
 
 @dataclass(frozen=True)
@@ -99,10 +104,11 @@ class RepairResult:
 
 
 def plan_repair(path: Path, env: Environment | None = None) -> RepairPlan:
-    """Inspect ``path`` and plan the repairs for ``env`` (default: this interpreter).
+    """Inspect ``path`` and plan what ``env`` (default: this interpreter) needs to load it.
 
     Raises RepairError when the checkpoint is invalid or still being written: repair only
-    fixes known defects of whole checkpoints, it never makes a broken one look usable.
+    fixes whole checkpoints, it never makes a broken one look usable.  A checkpoint the
+    verdict says loads as it is gets an empty plan.
     """
     path = Path(path).absolute()
     try:
@@ -112,22 +118,22 @@ def plan_repair(path: Path, env: Environment | None = None) -> RepairPlan:
     if info.status in (Status.INVALID, Status.WRITING):
         raise RepairError(f"{path}: checkpoint is {info.status.value}, not repairing it: "
                           + "; ".join(info.problems))
-    target_numpy = (env or Environment.current()).numpy_module()
+    env = env or Environment.current()
+    v = verdict(info, env)
+    target_numpy = env.numpy_module()
     changes = []
-    for file in sorted(p for p in path.iterdir() if _RNG.match(p.name)):
-        try:
-            state = read_rng_state(file)
-        except RngFileError as exc:  # inspect said whole; a race or a rank>0 problem
-            raise RepairError(f"{file}: {exc}") from None
-        st = file.stat()
-        ts = info.train_state_step
-        set_step = ts if (ts is not None and ts > 0 and state.step == 0) else None
-        set_numpy = (target_numpy if state.numpy_module and target_numpy
-                     and state.numpy_module != target_numpy else None)
-        if set_step is not None or set_numpy is not None:
-            changes.append(FileChange(file, st.st_size, st.st_mtime_ns, set_step, state.step,
-                                      set_numpy, state.numpy_module))
-    return RepairPlan(path, info, tuple(changes), target_numpy)
+    if REPAIR_NUMPY in v.repairs and target_numpy is not None:
+        for file in sorted(p for p in path.iterdir() if _RNG.match(p.name)):
+            try:
+                state = read_rng_state(file)
+            except RngFileError as exc:  # inspect said whole; a race or a rank>0 problem
+                raise RepairError(f"{file}: {exc}") from None
+            if state.numpy_module and state.numpy_module != target_numpy:
+                st = file.stat()
+                changes.append(FileChange(file, st.st_size, st.st_mtime_ns, state.step,
+                                          target_numpy, state.numpy_module))
+    return RepairPlan(path, info, tuple(changes), target_numpy,
+                      tuple(sorted(v.env_fixes.items())))
 
 
 def _allowlist() -> list[Any]:
@@ -193,17 +199,13 @@ def _new_bytes(change: FileChange, old: bytes) -> bytes:
                           f"{str(exc).splitlines()[0]}") from None
     if not isinstance(state, dict):
         raise RepairError(f"{change.file}: holds a {type(state).__name__}, expected a dict")
-    if change.set_step is not None:
-        state["step"] = change.set_step
     buf = io.BytesIO()
     torch.save(state, buf)
     new = buf.getvalue()
     # torch.save names numpy as the numpy running here does; the resuming env may differ.
-    want = change.set_numpy or change.old_numpy
-    if want is not None:
-        renamed = _rename_numpy(_data_pkl(new), want)
-        if renamed != _data_pkl(new):
-            new = _with_pickle(new, renamed)
+    renamed = _rename_numpy(_data_pkl(new), change.set_numpy)
+    if renamed != _data_pkl(new):
+        new = _with_pickle(new, renamed)
     return new
 
 
@@ -213,16 +215,14 @@ def _verify(change: FileChange, new: bytes, tmp: Path) -> None:
         got = read_rng_state(tmp)
     except RngFileError as exc:
         raise RepairError(f"{change.file}: repaired file does not read back: {exc}") from None
-    want_step = change.set_step if change.set_step is not None else change.old_step
-    want_np = change.set_numpy or change.old_numpy
-    if got.step != want_step or got.numpy_module != want_np:
+    if got.step != change.step or got.numpy_module != change.set_numpy:
         raise RepairError(f"{change.file}: repaired file reads back step {got.step}, numpy "
-                          f"{got.numpy_module}; expected {want_step}, {want_np}")
+                          f"{got.numpy_module}; expected {change.step}, {change.set_numpy}")
     try:
         state = _safe_load(new)
     except Exception as exc:
         raise RepairError(f"{change.file}: repaired file fails torch.load: {exc}") from None
-    if state.get("step") != want_step:
+    if state.get("step") != change.step:
         raise RepairError(f"{change.file}: repaired file has step {state.get('step')}")
 
 

@@ -46,6 +46,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"path": str(folder), "dry_run": args.dry_run,
                           "changes": plan.describe() if plan.needed else [],
+                          "env_fixes": dict(plan.env_fixes),
                           "changed": [str(p) for p in result.changed],
                           "backups": [str(p) for p in result.backups]}, indent=2))
         return 0
@@ -60,10 +61,12 @@ def cmd_repair(args: argparse.Namespace) -> int:
 def register(registry: CommandRegistry) -> None:
     """Add `checkpoint repair` under the front door's checkpoint command."""
     p = registry.checkpoint.add_parser(
-        "repair", help="fix a checkpoint's RNG step / numpy names (with a backup)",
-        description="Rewrite random_states_*.pkl so accelerate restores the step in "
-                    "train_state.json and can load it under the resuming numpy. "
-                    "Backs up first, replaces atomically, does nothing twice.")
+        "repair", help="make a checkpoint's RNG files loadable where it resumes "
+                       "(with a backup)",
+        description="Rewrite random_states_*.pkl only where the resuming environment "
+                    "cannot load it as it is (numpy module names), and say which "
+                    "environment variable it needs instead where a file change cannot "
+                    "help. Backs up first, replaces atomically, does nothing twice.")
     p.add_argument("checkpoint_dir", metavar="CKPT_DIR")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--python", metavar="EXE", help="repair for this interpreter's numpy "

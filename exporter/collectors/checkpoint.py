@@ -23,8 +23,6 @@ from exporter.collectors.base import Scrape
 from trainguard.checkpoint import CheckpointInfo, CheckpointScanner, Status
 from trainguard.config import JobConfig
 
-USABLE = (Status.VALID, Status.REPAIRABLE)
-
 
 class CheckpointCollector:
     name = "checkpoint"
@@ -51,8 +49,8 @@ class CheckpointCollector:
     def collect(self, scrape: Scrape) -> Iterator[Metric]:
         jl = ["training_job"]
         step = GaugeMetricFamily("trainguard_checkpoint_latest_step",
-                                 "Step of the newest usable (valid or repairable) "
-                                 "checkpoint; 0 when none.", labels=jl)
+                                 "Step of the newest usable checkpoint (by true "
+                                 "progress); 0 when none.", labels=jl)
         stamp = GaugeMetricFamily("trainguard_checkpoint_latest_timestamp_seconds",
                                   "When the newest usable checkpoint was written; "
                                   "0 when none.", labels=jl)
@@ -67,8 +65,8 @@ class CheckpointCollector:
             except OSError as exc:  # one unreadable output_dir must not hide the others
                 errors.append(f"{job}: {exc}")
                 continue
-            # Newest step first (the scanner's order); the first usable one wins.
-            latest = next((i for i in infos if i.status in USABLE), None)
+            # Furthest first (the scanner's order); the first usable one wins.
+            latest = next((i for i in infos if i.usable), None)
             step.add_metric([job], float(latest.step or 0) if latest else 0.0)
             stamp.add_metric([job], latest.mtime if latest else 0.0)
             for status in Status:

@@ -12,7 +12,6 @@ from trainguard.checkpoint import CheckpointInfo, Status
 from trainguard.checkpoint.compat import (
     ENV_NO_WEIGHTS_ONLY,
     REPAIR_NUMPY,
-    REPAIR_STEP,
     Environment,
     parse_version,
     verdict,
@@ -50,10 +49,21 @@ def test_keyerror_step_is_named_for_accelerate_0_32_to_0_33() -> None:
     assert any("silently" in p for p in v.problems)
 
 
-def test_seed_case_asks_for_step_repair_and_missing_torch_refuses() -> None:
-    seed = replace(INFO, status=Status.REPAIRABLE, rng_step=0, train_state_step=360,
-                   problems=("step 0 vs 360",))
-    assert REPAIR_STEP in verdict(seed, Environment("2.13.0", "1.15.0", "2.4.6")).repairs
+def test_seed_case_asks_the_environment_not_the_file() -> None:
+    """Seed 000: an sd-scripts epoch-end state (RNG step 0, train_state 360).  Where it
+    loads as it is, nothing is asked; the seed's own stack (accelerate 0.33, torch 2.6)
+    gets the environment fix, and no file repair, since none would help there."""
+    seed = replace(INFO, name="kristy-000030-state", rng_step=0, train_state_step=360,
+                   step=360, step_source="train_state.json", epoch=30)
+    here = verdict(seed, Environment("2.13.0", "1.15.0", "2.4.6"))
+    assert (here.loads, here.repairs, dict(here.env_fixes)) == (True, (), {})
+    theirs = verdict(seed, Environment("2.6.0", "0.33.0", "2.4.6"))
+    assert not theirs.loads and theirs.repairs == ()
+    assert dict(theirs.env_fixes) == {ENV_NO_WEIGHTS_ONLY: "1"}
+    assert any("KeyError: 'step'" in p for p in theirs.problems)
+
+
+def test_missing_torch_or_broken_files_do_not_load() -> None:
     assert not verdict(INFO, Environment(None, "1.15.0", "2.4.6")).loads
     assert not verdict(replace(INFO, status=Status.INVALID), Environment.current()).loads
 

@@ -131,12 +131,14 @@ def test_numpy_1x_names_are_recorded(tmp_path: Path) -> None:
     assert read_rng_state(c / "random_states_0.pkl").step == 5
 
 
-def test_seed_000_step_zero_against_360_is_repairable(tmp_path: Path) -> None:
+def test_seed_000_step_zero_against_360_is_whole_and_valid(tmp_path: Path) -> None:
+    # Every sd-scripts epoch-end state looks like this: sd-scripts never sets
+    # accelerator.step and accelerate returns it to 0 at each epoch end.  The files are
+    # whole; whether an environment loads them is the verdict's question (test_compat).
     c = make_accelerate_checkpoint(tmp_path / "kristy-000030-state", 360, rng_step=0, epoch=30)
     info = inspect_checkpoint(c)
-    assert info.status is Status.REPAIRABLE
+    assert info.status is Status.VALID and info.problems == ()
     assert (info.step, info.rng_step, info.epoch) == (360, 0, 30)
-    assert any("360" in p for p in info.problems)
 
 
 def test_gradient_accumulation_counter_is_not_a_defect(tmp_path: Path) -> None:

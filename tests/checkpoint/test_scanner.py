@@ -79,7 +79,7 @@ def test_step_from_train_state_beats_name_and_epoch_names(tmp_path: Path) -> Non
     out = tmp_path / "out"
     make_accelerate_checkpoint(out / "lora-000001-state", 120, epoch=1, mtime=NOW - 50)
     make_accelerate_checkpoint(out / "lora-000002-state", 240, epoch=2, mtime=NOW - 500)
-    make_accelerate_checkpoint(out / "lora-step00000200-state", 200, mtime=NOW)
+    make_accelerate_checkpoint(out / "lora-step00000200-state", 200, epoch=2, mtime=NOW)
     assert names(out) == ["lora-000002-state", "lora-step00000200-state", "lora-000001-state"]
 
 
@@ -95,6 +95,7 @@ def test_end_of_training_state_sorts_after_equal_step(tmp_path: Path) -> None:
 
 
 def test_latest_skips_half_saves_and_picks_the_seed_case(tmp_path: Path) -> None:
+    # The seed's states (RNG step 0 at every epoch end) are whole: valid, chosen as they are.
     out = tmp_path / "out"
     make_accelerate_checkpoint(out / "k-000029-state", 348, epoch=29, rng_step=0, mtime=NOW - 900)
     seed = make_accelerate_checkpoint(out / "k-000030-state", 360, epoch=30, rng_step=0,
@@ -107,8 +108,8 @@ def test_latest_skips_half_saves_and_picks_the_seed_case(tmp_path: Path) -> None
     set_mtime(cut, NOW - 600)
     infos = list_checkpoints(out, now=NOW)
     assert [(i.step, i.status) for i in infos] == [
-        (384, Status.INVALID), (372, Status.INVALID), (360, Status.REPAIRABLE),
-        (348, Status.REPAIRABLE)]
+        (384, Status.INVALID), (372, Status.INVALID), (360, Status.VALID),
+        (348, Status.VALID)]
     best = latest_usable(out, now=NOW)
     assert best is not None and best.path == seed
 
@@ -149,3 +150,19 @@ def test_scanner_reinspects_only_what_changed(tmp_path: Path) -> None:
     assert [i.step for i in scanner.scan()] == [4, 3, 2, 1] and scanner.inspections == 5
     shutil.rmtree(out / "checkpoint-4")
     assert [i.step for i in scanner.scan()] == [3, 2, 1]
+
+
+def test_a_save_that_died_before_its_scheduler_file_ranks_by_its_train_state(
+        tmp_path: Path) -> None:
+    """sd-scripts' hook writes train_state.json first, accelerate then the weights and
+    optimizer, the scheduler and the RNG file last: a save cut after the weights has only
+    train_state.json's count, and it is the newest thing its run wrote."""
+    out = tmp_path / "out"
+    make_accelerate_checkpoint(out / "l-step00000010-state", 10, mtime=NOW - 2000)
+    half = make_accelerate_checkpoint(out / "l-step00000020-state", 20)
+    for name in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl"):
+        (half / name).unlink()
+    set_mtime(half, NOW - 1000)  # long dead: invalid, not being written
+    infos = list_checkpoints(out, now=NOW)
+    assert [(i.name, i.status) for i in infos] == [("l-step00000020-state", Status.INVALID),
+                                                   ("l-step00000010-state", Status.VALID)]

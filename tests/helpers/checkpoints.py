@@ -53,20 +53,26 @@ def _accelerator() -> dict[str, Any]:
 
 def make_accelerate_checkpoint(folder: Path, step: int, *, rng_step: int | None = None,
                                train_state: bool = True, epoch: int = 1,
+                               scheduler_step: int | None = None,
                                numpy_module: str | None = None,
                                mtime: float | None = None) -> Path:
     """Save a real accelerate state into ``folder`` (created).
 
     ``step`` goes into train_state.json (sd-scripts' steps done); ``rng_step`` is what
-    accelerate records as its own ``step`` (default: the same).  ``numpy_module`` set to
-    "numpy.core" rewrites the RNG file as a numpy 1.x writer would have named it.
-    ``mtime`` sets every file's and the folder's mtime.
+    accelerate records as its own ``step`` (default: the same); ``scheduler_step`` is the
+    LR scheduler's ``last_epoch`` in scheduler.bin (default: ``step``, as a scheduler
+    stepped once per optimizer step has it).  ``numpy_module`` set to "numpy.core"
+    rewrites the RNG file as a numpy 1.x writer would have named it.  ``mtime`` sets every
+    file's and folder's mtime.
     """
     st = _accelerator()
     folder = Path(folder)
     st["pending"]["train_state"] = ({"current_epoch": epoch, "current_step": step}
                                     if train_state else None)
     st["acc"].step = step if rng_step is None else rng_step
+    count = step if scheduler_step is None else scheduler_step
+    st["sched"].scheduler.last_epoch = count
+    st["sched"].scheduler._step_count = count + 1
     st["acc"].save_state(str(folder))
     if numpy_module is not None:
         rewrite_rng_numpy(folder / "random_states_0.pkl", numpy_module)
@@ -98,8 +104,8 @@ def make_automatic_checkpoints(project_dir: Path, rng_steps: list[int]) -> list[
 
 
 def set_mtime(folder: Path, mtime: float) -> None:
-    """Make a folder and everything in it look written at ``mtime``."""
-    for p in Path(folder).iterdir():
+    """Make a folder and everything in it (sub-folders too) look written at ``mtime``."""
+    for p in sorted(Path(folder).rglob("*"), key=lambda p: -len(p.parts)):
         os.utime(p, (mtime, mtime))
     os.utime(folder, (mtime, mtime))
 

@@ -136,9 +136,14 @@ def test_half_written_newest_checkpoint_is_skipped(tmp_path: Path) -> None:
         proc.wait(10)
 
 
-def test_rng_step_mismatch_is_repaired_then_used(tmp_path: Path) -> None:
+def test_rng_step_zero_loads_as_it_is_and_is_never_rewritten(tmp_path: Path) -> None:
+    """accelerate's RNG step 0 beside train_state.json's 20 is what every sd-scripts
+    epoch-end state holds (sd-scripts never sets it; accelerate resets it each epoch).
+    It loads as it is here, so the remediator resumes from it without touching it."""
     run = make_run(tmp_path, "rngbug", steps=30, extra=("--rng_step_bug", "--hang_at_step 25"))
     proc, _hung = start_hung(run)
+    state = run.output_dir / "rngbug-step00000020-state"
+    before = {p.name: p.read_bytes() for p in state.iterdir()}
     config = write_config(tmp_path, [run])
     try:
         with thread_server(config) as client:
@@ -146,10 +151,10 @@ def test_rng_step_mismatch_is_repaired_then_used(tmp_path: Path) -> None:
             wait_for(lambda: resumed_starts(run), timeout=90, what="a resumed start")
             (inc,) = client.settled(run.name)
         (start,) = resumed_starts(run)
-        assert start["resume"] == str(run.output_dir / "rngbug-step00000020-state")
-        assert start["accelerate_step"] == 20, "the repaired RNG file carries the real step"
-        repairs = [a for a in inc["actions"] if a["action"] == "repair"]
-        assert [a["outcome"] for a in repairs] == ["ok"]
+        assert start["resume"] == str(state)
+        assert start["accelerate_step"] == 0, "accelerate restored the counter as saved"
+        assert not [a for a in inc["actions"] if a["action"] == "repair"]
+        assert {p.name: p.read_bytes() for p in state.iterdir()} == before
     finally:
         cleanup(run)
         proc.wait(10)

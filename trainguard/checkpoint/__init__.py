@@ -7,12 +7,8 @@ Writes (repair) live in ``remediator.repair``.
 
 from trainguard.checkpoint.doctor import DEFAULT_WRITING_FRESH_SECONDS, inspect_checkpoint
 from trainguard.checkpoint.model import USABLE, CheckpointInfo, Status
-from trainguard.checkpoint.scanner import (
-    CheckpointScanner,
-    latest_usable,
-    list_checkpoints,
-    sort_key,
-)
+from trainguard.checkpoint.order import by_progress, progress_key
+from trainguard.checkpoint.scanner import CheckpointScanner, latest_usable, list_checkpoints
 
 __all__ = [
     "DEFAULT_WRITING_FRESH_SECONDS",
@@ -20,8 +16,9 @@ __all__ = [
     "CheckpointInfo",
     "CheckpointScanner",
     "Status",
+    "by_progress",
     "inspect_checkpoint",
     "latest_usable",
     "list_checkpoints",
-    "sort_key",
+    "progress_key",
 ]

@@ -72,6 +72,8 @@ def format_details(info: CheckpointInfo, extra: dict[str, Any] | None = None) ->
         f"epoch:       {info.epoch if info.epoch is not None else '-'}",
         f"layout:      {_LAYOUTS.get(info.layout, info.layout)}",
         f"train_state: {info.train_state_step if info.train_state_step is not None else '-'}",
+        f"scheduler:   {info.scheduler_step if info.scheduler_step is not None else '-'}"
+        f"{f' ({info.processes} processes)' if info.processes > 1 else ''}",
         f"rng step:    {info.rng_step if info.rng_step is not None else '-'}",
         f"numpy names: {info.numpy_module or '-'}",
         f"written:     {_when(info.mtime)}",
@@ -161,7 +163,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def register(registry: CommandRegistry) -> None:
     """Add the read-only checkpoint sub-commands."""
     sub = registry.checkpoint
-    p = sub.add_parser("list", help="every checkpoint in an output folder, newest step first")
+    p = sub.add_parser("list", help="every checkpoint in an output folder, furthest first "
+                                    "(by true progress: epoch, counted steps, step)")
     p.add_argument("output_dir", metavar="OUTPUT_DIR")
     _common(p)
     p.set_defaults(handler=cmd_list)

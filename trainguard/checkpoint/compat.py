@@ -29,6 +29,10 @@ The matrix, and what backs each boundary:
   does not exist there), whatever accelerate does.
 * Below torch 2.4 accelerate's ``load`` drops ``weights_only`` (``is_weights_only_available``)
   and torch < 2.6 defaults to full unpickling: everything loads.
+* accelerate's RNG ``step`` plays no part: it is restored as saved (``load_state`` sets
+  ``self.step`` from the file, accelerator.py ``load_state``), and 0 is what every
+  sd-scripts epoch-end state holds (see doctor.py).  The seed's ``KeyError: 'step'`` is
+  the first case above, fixed by the environment variable, not by rewriting the file.
 """
 
 from __future__ import annotations
@@ -43,7 +47,6 @@ from importlib.metadata import PackageNotFoundError, version
 from trainguard.checkpoint.model import CheckpointInfo, Status
 
 ENV_NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
-REPAIR_STEP = "rewrite-rng-step"
 REPAIR_NUMPY = "rewrite-rng-numpy"
 
 _VERSION_SCRIPT = (
@@ -163,7 +166,4 @@ def verdict(info: CheckpointInfo, env: Environment) -> Verdict:
             problems.append(f"RNG file names numpy.core (numpy 1.x writer); accelerate "
                             f"{env.accelerate} under numpy {env.numpy} only allows numpy._core")
             repairs.append(REPAIR_NUMPY)
-    if info.status is Status.REPAIRABLE:
-        repairs.append(REPAIR_STEP)
-        problems.extend(info.problems)
     return Verdict(loads, tuple(problems), env_fixes, tuple(dict.fromkeys(repairs)))

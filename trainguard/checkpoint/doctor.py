@@ -30,10 +30,34 @@ Decisions where the format leaves room:
   Trainer's own order (transformers ``Trainer._save_checkpoint``): weights, optimizer,
   scheduler, ``rng_state[_rank].pth``, then ``trainer_state.json`` last, whose
   ``global_step`` is the step.  Both of the last two mark a finished save.
-* step: train_state.json's ``current_step`` (steps done, sd-scripts' hook), else the step
-  in the folder name, else the RNG file's ``step``.  The name ranks above the RNG step
-  because accelerate's ``step`` is its own micro-batch counter, reset at every
-  dataloader end (Accelerator._do_sync): in diffusers runs it is not the global step.
+* every weights file counts, in sub-folders too: ``save_pretrained`` writes the model
+  into ``unet/`` or ``transformer/`` (diffusers examples' save hooks, e.g.
+  train_text_to_image.py:661-670) and shards it above ``max_shard_size`` (a FLUX
+  transformer at diffusers' 10GB default) with a ``*.safetensors.index.json``; a shard
+  the index names that is missing or cut makes the checkpoint incomplete, wherever the
+  index sits.  One level of sub-folders is read: ``save_pretrained`` writes flat.
+  Their files count for the folder's mtime too (a diffusers save writes its sub-folder
+  first, minutes for a big model: that is a save in progress, not a dead one).
+* step: the Trainer's ``global_step``; for sd-scripts states (train_state.json) the LR
+  scheduler's count when it is above train_state.json's, else ``current_step``; else
+  the step in the folder name, else the RNG file's ``step``.  Why the scheduler:
+  sd-scripts' ``current_step`` is the *resumed run's* own count (train_network.py:948
+  writes global_step, and :1258-1275 restart global_step at 0 or at the within-epoch
+  remainder on every --resume), while the scheduler's ``last_epoch`` is saved and
+  restored with the state (accelerate's scheduler.bin) and advanced once per process
+  per optimizer step (accelerate's AcceleratedScheduler.step), so it counts the steps
+  really taken along the checkpoint's line of resumes.  It is trusted only for
+  sd-scripts states, whose schedulers step per optimizer step (train_network.py:1458):
+  a hand-written loop may step its scheduler per epoch.  The name ranks above the RNG
+  step because accelerate's ``step`` is its own micro-batch counter, reset at every
+  dataloader end (Accelerator._do_sync).
+* accelerate's RNG ``step`` of 0 while train_state.json says 360 (seed 000) is NORMAL:
+  sd-scripts never sets ``accelerator.step``, and accelerate itself returns it to 0 at
+  the end of every epoch, so every epoch-end state has it, and accelerate loads such a
+  file as it is.  The seed's ``KeyError: 'step'`` was accelerate 0.32-0.33 failing to
+  load the RNG file at all under torch >= 2.6 (weights_only): an environment question,
+  answered by :func:`trainguard.checkpoint.compat.verdict`, not a defect of the files.
+  So status only says whether the files are whole.
 """
 
 from __future__ import annotations
@@ -48,7 +72,12 @@ from pathlib import Path
 from trainguard.checkpoint.formats import check_safetensors, check_torch_zip
 from trainguard.checkpoint.model import CheckpointInfo, Status
 from trainguard.checkpoint.names import parse_name
-from trainguard.checkpoint.rng import RngFileError, UnsafePickleError, read_rng_state
+from trainguard.checkpoint.rng import (
+    RngFileError,
+    UnsafePickleError,
+    read_rng_state,
+    read_scheduler_count,
+)
 
 DEFAULT_WRITING_FRESH_SECONDS = 300.0
 
@@ -68,21 +97,20 @@ _TRAINER_RNG = re.compile(r"^rng_state(_\d+)?\.pth$")
 _BIN_WEIGHTS = re.compile(r"^pytorch_model(_\d+)?\.bin$")
 _HOOK_WEIGHTS = re.compile(r"\.(safetensors|bin|pt|pth)$")
 _SHARDED_OPTIMIZER = re.compile(r"(^|/)optimizer_\d+/.+\.distcp$|optim_states\.pt$")
+_SCHEDULER = "scheduler.bin"
 
 
-def _check_weight_file(file: Path, out: _Findings) -> None:
+def _check_weight_file(file: Path, out: _Findings, where: str = "") -> None:
     err = check_safetensors(file) if file.suffix == ".safetensors" else check_torch_zip(file)
     if err:
-        out.incomplete.append(err)
+        out.incomplete.append(where + err)
 
 
-def _hook_weights(path: Path, files: dict[str, os.stat_result], subdirs: list[str],
-                  out: _Findings) -> bool:
-    """Check weights a save hook wrote in accelerate's place; True when there are any.
+def _top_hook_weights(path: Path, files: dict[str, os.stat_result], out: _Findings) -> bool:
+    """Check top-level weights a save hook wrote in accelerate's place; True when any.
 
-    Top-level weight files that are not accelerate's own state files, and weight files
-    one level down in ``save_pretrained``-style sub-folders.  Each is checked by header
-    or tail, so the cost stays independent of model size.
+    Top-level weight files that are not accelerate's own state files (diffusers' LoRA
+    scripts write ``pytorch_lora_weights.safetensors``, PEFT ``adapter_model.safetensors``).
     """
     found = False
     for name in sorted(files):
@@ -90,34 +118,44 @@ def _hook_weights(path: Path, files: dict[str, os.stat_result], subdirs: list[st
                 and not _SAFE_WEIGHTS.match(name):
             found = True
             _check_weight_file(path / name, out)
-    for sub in sorted(subdirs):
-        for name in _files_in(path / sub):
-            if _SHARDED_OPTIMIZER.search(f"{sub}/{name}"):
-                continue
-            if name.endswith(".distcp"):
-                found = True  # FSDP model shards: presence only (no cheap check exists)
-            elif _HOOK_WEIGHTS.search(name):
-                found = True
-                _check_weight_file(path / sub / name, out)
     return found
 
 
-def _files_in(folder: Path) -> list[str]:
-    with os.scandir(folder) as it:
-        return sorted(e.name for e in it if e.is_file())
+def _subfolder_weights(path: Path, subfiles: dict[str, list[str]], out: _Findings) -> bool:
+    """Check every weights file one level down, and every shard index there; True when
+    there are weights.
+
+    ``save_pretrained`` sub-folders (``unet/``, ``transformer/``, ``text_encoder/``): each
+    weight file by header or tail, each ``*.index.json`` against the shards it names.
+    FSDP's ``.distcp`` model shards count by presence (no cheap check exists); sharded
+    optimizer files are the optimizer's, not weights.
+    """
+    found = False
+    for sub in sorted(subfiles):
+        for name in subfiles[sub]:
+            if _SHARDED_OPTIMIZER.search(f"{sub}/{name}"):
+                continue
+            if name.endswith(".distcp"):
+                found = True
+            elif _SHARD_INDEX.match(name):
+                found = True
+                _check_shards(path / sub / name, out, where=f"{sub}/")
+            elif _HOOK_WEIGHTS.search(name):
+                found = True
+                _check_weight_file(path / sub / name, out, where=f"{sub}/")
+    return found
 
 
-def _sharded_optimizer(path: Path, subdirs: list[str]) -> bool:
+def _sharded_optimizer(subfiles: dict[str, list[str]]) -> bool:
     """FSDP's optimizer_N/ shards or DeepSpeed's *optim_states.pt, in place of optimizer.bin."""
     return any(_SHARDED_OPTIMIZER.search(f"{sub}/{name}")
-               for sub in subdirs for name in _files_in(path / sub))
+               for sub, names in subfiles.items() for name in names)
 
 
 @dataclass
 class _Findings:
     incomplete: list[str] = field(default_factory=list)  # what a save in progress looks like
     broken: list[str] = field(default_factory=list)      # wrong whatever the time
-    defects: list[str] = field(default_factory=list)     # repairable
 
 
 def _read_state_json(path: Path, out: _Findings,
@@ -179,21 +217,23 @@ def _read_trainer_state(path: Path, out: _Findings) -> int | None:
     return _whole_number(data, "global_step", path.name, out, required=True)
 
 
-def _check_shards(index: Path, out: _Findings) -> None:
+def _check_shards(index: Path, out: _Findings, where: str = "") -> None:
+    """Every shard a ``*.index.json`` names must be there and whole (``where``: the
+    sub-folder, for the message)."""
     try:
         data = json.loads(index.read_bytes())
         shards = sorted(set(data["weight_map"].values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        out.incomplete.append(f"{index.name} is not a valid shard index")
+        out.incomplete.append(f"{where}{index.name} is not a valid shard index")
         return
     for shard in shards:
         p = index.parent / str(shard)
         if "/" in str(shard) or not p.is_file():
-            out.incomplete.append(f"{shard} (named in {index.name}) is missing")
+            out.incomplete.append(f"{where}{shard} (named in {where}{index.name}) is missing")
             continue
         check = check_safetensors if str(shard).endswith(".safetensors") else check_torch_zip
         if err := check(p):
-            out.incomplete.append(err)
+            out.incomplete.append(where + err)
 
 
 def _is_trainer(files: dict[str, os.stat_result]) -> bool:
@@ -217,14 +257,22 @@ def inspect_checkpoint(path: Path, *, now: float | None = None,
         raise FileNotFoundError(f"{path}: no such folder")
     now = time.time() if now is None else now
     files: dict[str, os.stat_result] = {}
-    subdirs: list[str] = []
+    subfiles: dict[str, list[str]] = {}
+    mtimes: list[float] = []
     with os.scandir(path) as it:
         for entry in it:
             if entry.is_file():
                 files[entry.name] = entry.stat()
+                mtimes.append(files[entry.name].st_mtime)
             elif entry.is_dir():
-                subdirs.append(entry.name)
-    mtime = max((st.st_mtime for st in files.values()), default=0.0)
+                subfiles[entry.name] = []
+                with os.scandir(entry.path) as sub:
+                    for e in sub:
+                        if e.is_file():
+                            subfiles[entry.name].append(e.name)
+                            mtimes.append(e.stat().st_mtime)
+                subfiles[entry.name].sort()
+    mtime = max(mtimes, default=0.0)
     out = _Findings()
 
     trainer = _is_trainer(files)
@@ -232,10 +280,13 @@ def inspect_checkpoint(path: Path, *, now: float | None = None,
     if trainer:
         train_step = _read_trainer_state(path / _TRAINER_STATE, out)
 
-    # Weights.
+    # Weights: accelerate's own, a save hook's at the top level, and every one in a
+    # sub-folder (all are checked, whichever exist).
     weights = [n for n in files if _SAFE_WEIGHTS.match(n) or _BIN_WEIGHTS.match(n)
                or _SHARD_INDEX.match(n)]
-    if not weights and not _hook_weights(path, files, subdirs, out):
+    hook = _top_hook_weights(path, files, out)
+    below = _subfolder_weights(path, subfiles, out)
+    if not weights and not hook and not below:
         out.incomplete.append("no model weights (model.safetensors, pytorch_model.bin, "
                               "or weights a save hook wrote)")
     for name in sorted(files):
@@ -247,7 +298,7 @@ def inspect_checkpoint(path: Path, *, now: float | None = None,
         elif (_TORCH_FILES.match(name) and not _RNG.match(name)
               and (err := check_torch_zip(path / name))):
             out.incomplete.append(err)
-    if not any(_OPTIMIZER.match(n) for n in files) and not _sharded_optimizer(path, subdirs):
+    if not any(_OPTIMIZER.match(n) for n in files) and not _sharded_optimizer(subfiles):
         out.incomplete.append(f"{'optimizer.pt' if trainer else 'optimizer.bin'} is missing")
 
     # RNG files: the "save finished" marker, and accelerate's step.
@@ -275,21 +326,25 @@ def inspect_checkpoint(path: Path, *, now: float | None = None,
         if name == "random_states_0.pkl":
             rng_step, numpy_module = state.step, state.numpy_module
 
-    # Step consistency (seed 000): sd-scripts never set accelerator.step, so its RNG file
-    # says 0 while train_state.json says how many steps were done.  A positive RNG step
-    # that differs is accelerate's micro-batch counter (gradient accumulation, reset per
-    # epoch): legitimate, and rewriting it would be wrong.
-    if train_step is not None and rng_step == 0 and train_step > 0:
-        out.defects.append(
-            f"random_states_0.pkl has step 0 but train_state.json says {train_step}: "
-            f"accelerate would restart its step counter at 0 (repair rewrites it to "
-            f"{train_step})")
+    # sd-scripts states: the LR scheduler's count (see the module docstring), per process;
+    # read only where it is used (a train_state.json of sd-scripts' hook is there).
+    scheduler_step: int | None = None
+    processes = max(1, len(rng_files))
+    if _SCHEDULER in files and not trainer and train_step is not None:
+        count = read_scheduler_count(path / _SCHEDULER)
+        if count is not None:
+            scheduler_step = count // processes
 
     parsed = parse_name(path.name)
     step: int | None
     source: str | None
-    if train_step is not None:
-        step, source = train_step, _TRAINER_STATE if trainer else "train_state.json"
+    if trainer and train_step is not None:
+        step, source = train_step, _TRAINER_STATE
+    elif (train_step is not None and scheduler_step is not None
+          and scheduler_step > train_step):  # equal: the run was never resumed
+        step, source = scheduler_step, _SCHEDULER
+    elif train_step is not None:
+        step, source = train_step, "train_state.json"
     elif parsed is not None and parsed.step is not None:
         step, source = parsed.step, "name"
     elif rng_step is not None:
@@ -301,16 +356,14 @@ def inspect_checkpoint(path: Path, *, now: float | None = None,
     if out.broken:
         status = Status.INVALID
     elif out.incomplete:
-        fresh = bool(files) and now - mtime < writing_fresh_seconds
+        fresh = bool(mtimes) and now - mtime < writing_fresh_seconds
         status = Status.WRITING if fresh else Status.INVALID
-    elif out.defects:
-        status = Status.REPAIRABLE
     else:
         status = Status.VALID
-    problems = tuple(out.broken + out.incomplete + out.defects)
+    problems = tuple(dict.fromkeys(out.broken + out.incomplete))  # a shard is seen twice
     if status is Status.WRITING:
         problems += (f"newest file is {now - mtime:.0f}s old: probably a save in progress",)
-    elif status is Status.INVALID and out.incomplete and not out.broken and files:
+    elif status is Status.INVALID and out.incomplete and not out.broken and mtimes:
         problems += (f"newest file is {now - mtime:.0f}s old: a save that died, "
                      f"not one in progress",)
     return CheckpointInfo(
@@ -319,4 +372,8 @@ def inspect_checkpoint(path: Path, *, now: float | None = None,
         train_state_step=train_step, numpy_module=numpy_module,
         final=parsed.final if parsed else False,
         save_index=parsed.index if parsed else None,
-        layout="trainer" if trainer else "accelerate")
+        layout="trainer" if trainer else "accelerate",
+        name_kind=parsed.kind if parsed else None,
+        name_step=parsed.step if parsed and parsed.kind == "step" else None,
+        scheduler_step=scheduler_step, processes=processes,
+        kept_aside=parsed.kept if parsed else False)

@@ -1,4 +1,5 @@
-"""Read accelerate's ``random_states_{rank}.pkl`` without torch and without running it.
+"""Read accelerate's ``random_states_{rank}.pkl`` (and the LR scheduler's count in
+``scheduler.bin``) without torch and without running it.
 
 The file is a ``torch.save`` zip: ``<dir>/data.pkl`` (a protocol-2 pickle of a dict) plus
 ``<dir>/data/N`` raw storages.  Unpickling it normally would let a crafted checkpoint run
@@ -122,8 +123,13 @@ class RestrictedUnpickler(pickle.Unpickler):
         return _Storage()
 
 
-def read_rng_state(path: Path) -> RngState:
-    """Read ``step`` and the numpy module name; raise RngFileError on anything odd."""
+def load_restricted(path: Path) -> tuple[object, RestrictedUnpickler]:
+    """Unpickle a small ``torch.save`` archive with the restricted unpickler.
+
+    Returns the object (inert stand-ins for tensors and arrays) and the unpickler (which
+    recorded how numpy was named).  Raises RngFileError on anything odd, UnsafePickleError
+    when the pickle names a global outside the allowlist.
+    """
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
@@ -145,6 +151,12 @@ def read_rng_state(path: Path) -> RngState:
         raise
     except Exception as exc:  # any malformed pickle: opcodes, stack, memo errors
         raise RngFileError(f"pickle is damaged: {type(exc).__name__}: {exc}") from None
+    return obj, unpickler
+
+
+def read_rng_state(path: Path) -> RngState:
+    """Read ``step`` and the numpy module name; raise RngFileError on anything odd."""
+    obj, unpickler = load_restricted(path)
     if not isinstance(obj, dict):
         raise RngFileError(f"holds a {type(obj).__name__}, expected accelerate's dict")
     step = obj.get("step")
@@ -155,3 +167,24 @@ def read_rng_state(path: Path) -> RngState:
         raise RngFileError("names numpy both as numpy.core and numpy._core")
     return RngState(step=step, numpy_module=next(iter(mods), None),
                     keys=tuple(str(k) for k in obj))
+
+
+def read_scheduler_count(path: Path) -> int | None:
+    """``last_epoch`` of an LR scheduler's state (accelerate's ``scheduler.bin``), or None
+    when the file holds no such whole number or cannot be read safely.
+
+    torch's LRScheduler counts its own ``step()`` calls in ``last_epoch`` (0 after
+    construction), and the count is saved and restored with the state, so it survives
+    resumes that restart a trainer's own step counter.  The same restricted unpickler
+    as for RNG files: a scheduler state is a dict of numbers and lists (read here with
+    ``pickletools`` on LambdaLR/StepLR and diffusers' schedulers: no globals at all).
+    Never raises: the count is extra information, not a test of the checkpoint.
+    """
+    try:
+        obj, _ = load_restricted(path)
+    except RngFileError:
+        return None
+    count = obj.get("last_epoch") if isinstance(obj, dict) else None
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        return None
+    return count

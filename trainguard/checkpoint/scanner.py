@@ -1,16 +1,15 @@
-"""All checkpoints of an output folder, newest step first, and a cache for the exporter.
+"""All checkpoints of an output folder, newest first, and a cache for the exporter.
 
-Order (DESIGN.md §3.4): by step, never by mtime alone (a copied or restored folder has a
-new mtime and an old step).  Ties: sd-scripts' end-of-training ``{name}-state`` after the
-step folders, then by name.  Folders with no training step (only accelerate's RNG
-counter, or nothing) sort below every folder with one, by what their names say; see
-:func:`sort_key`.
+Order: by how far training really got (:mod:`trainguard.checkpoint.order`), never by mtime
+alone (a copied or restored folder has a new mtime and an old step).  An optional
+:class:`trainguard.ledger.ResumeLedger` of trainguard's own resumes sharpens it.
 
 The cache: the exporter scrapes every few seconds and an output folder may hold hundreds
 of multi-GB checkpoints.  A folder is re-inspected only when its stat signature (its own
-mtime plus the names, sizes and mtimes of its files) changed, and the output folder is
-re-listed only when its own mtime (or its ``checkpoints/`` sub-folder's) changed.
-``writing`` depends on the clock, so those are re-inspected every time.
+mtime plus the names, sizes and mtimes of its files, and of the files one level down,
+where ``save_pretrained`` writes) changed, and the output folder is re-listed only when
+its own mtime (or its ``checkpoints/`` sub-folder's) changed.  ``writing`` depends on the
+clock, so those are re-inspected every time.
 """
 
 from __future__ import annotations
@@ -22,26 +21,10 @@ from pathlib import Path
 from trainguard.checkpoint.doctor import DEFAULT_WRITING_FRESH_SECONDS, inspect_checkpoint
 from trainguard.checkpoint.model import CheckpointInfo, Status
 from trainguard.checkpoint.names import AUTOMATIC_FOLDER, parse_name
-
-TRAINING_STEP_SOURCES = ("train_state.json", "trainer_state.json", "name")
+from trainguard.checkpoint.order import by_progress
+from trainguard.ledger import ResumeLedger
 
 Signature = tuple[int, tuple[tuple[str, int, int], ...]]
-
-
-def sort_key(info: CheckpointInfo) -> tuple[int, int, int, int, int, int, str]:
-    """Ascending = oldest first; sort with reverse=True for newest first.
-
-    A step orders folders only when it is a training step, from train_state.json or the
-    folder name.  accelerate's RNG ``step`` is a micro-batch counter that restarts every
-    epoch, so folders known only by it are ordered by what their names say: sd-scripts'
-    end-of-training folder last, then the epoch, then accelerate's save counter
-    (``checkpoint_{N}``); the RNG step only breaks the ties left.
-    """
-    trained = info.step if info.step_source in TRAINING_STEP_SOURCES else None
-    return (0 if trained is None else 1, -1 if trained is None else trained,
-            1 if info.final else 0, -1 if info.epoch is None else info.epoch,
-            -1 if info.save_index is None else info.save_index,
-            -1 if info.rng_step is None else info.rng_step, info.name)
 
 
 def _candidates(output_dir: Path) -> list[str]:
@@ -82,6 +65,11 @@ def _signature(folder: Path) -> Signature | None:
             for entry in it:
                 st = entry.stat()
                 files.append((entry.name, st.st_size, st.st_mtime_ns))
+                if entry.is_dir():
+                    with os.scandir(entry.path) as sub:
+                        for e in sub:
+                            st = e.stat()
+                            files.append((f"{entry.name}/{e.name}", st.st_size, st.st_mtime_ns))
     except (FileNotFoundError, NotADirectoryError):
         return None
     return own, tuple(sorted(files))
@@ -99,8 +87,9 @@ class CheckpointScanner:
         self._cache: dict[str, tuple[Signature, CheckpointInfo]] = {}
         self.inspections = 0  # how many folders were really inspected (for tests, bench)
 
-    def scan(self, now: float | None = None) -> list[CheckpointInfo]:
-        """Every checkpoint, newest step first; [] while the output folder does not exist."""
+    def scan(self, now: float | None = None,
+             ledger: ResumeLedger | None = None) -> list[CheckpointInfo]:
+        """Every checkpoint, newest first; [] while the output folder does not exist."""
         now = time.time() if now is None else now
         try:
             listing = _listing_signature(self.output_dir)
@@ -134,25 +123,25 @@ class CheckpointScanner:
             self.inspections += 1
             self._cache[name] = (sig, info)
             infos.append(info)
-        infos.sort(key=sort_key, reverse=True)
-        return infos
+        return by_progress(infos, ledger)
 
-    def latest_usable(self, now: float | None = None) -> CheckpointInfo | None:
-        """The newest valid or repairable checkpoint, or None."""
-        return next((i for i in self.scan(now) if i.usable), None)
+    def latest_usable(self, now: float | None = None,
+                      ledger: ResumeLedger | None = None) -> CheckpointInfo | None:
+        """The newest usable checkpoint, or None."""
+        return next((i for i in self.scan(now, ledger) if i.usable), None)
 
 
 def list_checkpoints(output_dir: Path, *, now: float | None = None,
-                     writing_fresh_seconds: float = DEFAULT_WRITING_FRESH_SECONDS
-                     ) -> list[CheckpointInfo]:
-    """Every checkpoint in ``output_dir``, newest step first ([] if it does not exist)."""
-    return CheckpointScanner(output_dir, writing_fresh_seconds).scan(now)
+                     writing_fresh_seconds: float = DEFAULT_WRITING_FRESH_SECONDS,
+                     ledger: ResumeLedger | None = None) -> list[CheckpointInfo]:
+    """Every checkpoint in ``output_dir``, newest first ([] if it does not exist)."""
+    return CheckpointScanner(output_dir, writing_fresh_seconds).scan(now, ledger)
 
 
 def latest_usable(output_dir: Path, *, now: float | None = None,
-                  writing_fresh_seconds: float = DEFAULT_WRITING_FRESH_SECONDS
-                  ) -> CheckpointInfo | None:
-    """The newest valid or repairable checkpoint in ``output_dir``, or None."""
-    return next((i for i in list_checkpoints(output_dir, now=now,
+                  writing_fresh_seconds: float = DEFAULT_WRITING_FRESH_SECONDS,
+                  ledger: ResumeLedger | None = None) -> CheckpointInfo | None:
+    """The newest usable checkpoint in ``output_dir``, or None."""
+    return next((i for i in list_checkpoints(output_dir, now=now, ledger=ledger,
                                              writing_fresh_seconds=writing_fresh_seconds)
                  if i.usable), None)
