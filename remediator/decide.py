@@ -17,9 +17,11 @@ The order, and why:
    window).  Waiting, not skipping: Alertmanager will not send this alert as new again;
 5. a checkpoint being written -> wait up to ``saving_wait_seconds`` (a save looks exactly
    like an idle hang, DESIGN.md §4); after that, the save is treated as dead;
-6. completed, stale (the alert started before the run trainguard launched last: also how
-   an incident left mid-action by a remediator restart is recognised) or already
-   replaced (every live process started after the alert) -> nothing;
+6. completed (the log says so, or the newest checkpoint of a run that no longer lives is
+   the end-of-training state), stale (the alert started before the run trainguard
+   launched last: also how an incident left mid-action by a remediator restart is
+   recognised) or already replaced (every live process started after the alert)
+   -> nothing;
 7. the resume cannot be prepared (no launch section, script without a training command,
    workdir gone, copy not writable, checkpoints this host cannot repair...) -> refuse:
    nothing is signalled, and a person is told why;
@@ -136,6 +138,10 @@ def decide(f: Facts) -> Decision:
                 "dead")
     if f.completed:
         return Skip("the run completed normally; nothing to remediate")
+    final = _final_state(f)
+    if final is not None:
+        return Skip(f"the run completed: its newest state is {final}, the end-of-training "
+                    "state, and none of its processes lives")
     if f.alert_started is not None and f.last_process_start is not None \
             and f.alert_started < f.last_process_start:
         return Skip(f"stale: the alert started at {_fmt(f.alert_started)}, before the run "
@@ -147,3 +153,14 @@ def decide(f: Facts) -> Decision:
     if isinstance(f.resume, Refusal):
         return Refuse(f.resume.reason)
     return Act(f.processes, f.resume, note)
+
+
+def _final_state(f: Facts) -> str | None:
+    """The end-of-training state's name when it is the newest checkpoint of a run that no
+    longer lives: sd-scripts writes ``{name}-state`` only when training is done, so the
+    run finished whatever its log says (and resuming it would trip train_network.py:1253's
+    max_train_steps assert)."""
+    if f.processes or not isinstance(f.resume, Prepared) or f.resume.checkpoint is None:
+        return None
+    info = f.resume.checkpoint.info
+    return info.name if info.final else None

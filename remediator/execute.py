@@ -9,12 +9,14 @@ in five places).  A scheduler that owns the job (Slurm) is another executor.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from trainguard.checkpoint import CheckpointInfo, compat
+from trainguard.checkpoint.names import kept_name
 from trainguard.config import JobConfig, RemediatorConfig
 from trainguard.process import JobProcess
 
@@ -41,6 +43,8 @@ class Executor(Protocol):
                ) -> tuple[bool, str]: ...
 
     def write_copy(self, prepared: Prepared) -> str: ...
+
+    def keep_aside(self, folder: Path, names: list[str], stamp: str) -> dict[str, str]: ...
 
     def launch(self, job: JobConfig, prepared: Prepared) -> launch_mod.Launched: ...
 
@@ -81,6 +85,27 @@ class RealExecutor:
                 from None
         return f"wrote {prepared.copy}"
 
+    def keep_aside(self, folder: Path, names: list[str], stamp: str) -> dict[str, str]:
+        """Rename each of ``names`` to ``kept_name(name, stamp)``: never a delete, never over
+        an existing name.  Returns old name -> new name for what was moved."""
+        moved: dict[str, str] = {}
+        for name in names:
+            n = 0
+            while True:
+                new = kept_name(name, stamp if n == 0 else f"{stamp}-{n}")
+                if not os.path.lexists(folder / new):
+                    break
+                n += 1
+            os.rename(folder / name, folder / new)
+            moved[name] = new
+        if moved:
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return moved
+
     def launch(self, job: JobConfig, prepared: Prepared) -> launch_mod.Launched:
         state_dir = self.rc.state_path.parent if self.rc.state_path is not None else None
         return launch_mod.start(job, prepared.argv, prepared.env, via=self.rc.launch_via,
@@ -106,6 +131,9 @@ class DryRunExecutor:
 
     def write_copy(self, prepared: Prepared) -> str:
         return f"would write {prepared.copy}" if prepared.copy else "no copy needed"
+
+    def keep_aside(self, folder: Path, names: list[str], stamp: str) -> dict[str, str]:
+        return {}
 
     def launch(self, job: JobConfig, prepared: Prepared) -> launch_mod.Launched:
         return launch_mod.Launched(0, 0.0, time.time(), prepared.argv, prepared.log_file,

@@ -31,17 +31,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import re
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+from trainguard import trainers
 from trainguard.checkpoint import Status, inspect_checkpoint, list_checkpoints
 from trainguard.checkpoint.names import AUTOMATIC_FOLDER, parse_name
 from trainguard.config import Config, JobConfig
+from trainguard.ledger import Resume, ResumeLedger
 from trainguard.process import JobProcess, ProcessMatcher, alive, environment_of
 from trainguard.progress import LogFollower, job_completed
 
@@ -302,7 +306,7 @@ class Remediator:
         run_env = self._run_env(job, procs)
         resume = prep.prepare(job, run_env, restart_from_scratch=rc.restart_from_scratch,
                               writing_fresh_seconds=self.config.exporter.writing_fresh_seconds,
-                              can_repair=self.can_repair)
+                              can_repair=self.can_repair, ledger=self.store.ledger(job.name))
         return Facts(
             now=now, job=job.name, incident_state=inc.state, alert_started=inc.starts_ts,
             paused=js.paused, paused_reason=js.paused_reason, gave_up=js.gave_up,
@@ -385,6 +389,11 @@ class Remediator:
             return
         self.store.update_job(job.name, last_remediation=time.time(),
                               last_process_start=launched.started, last_pid=launched.pid)
+        if plan.checkpoint is not None:
+            info = plan.checkpoint.info
+            self.store.append_resume(job.name, Resume(
+                launched.started, os.path.relpath(info.path, job.output_dir), info.step,
+                info.epoch, plan.edits.profile if plan.edits is not None else ""))
         self.store.set_run_env(job.name, plan.env, f"the environment trainguard launched "
                                                    f"incident {inc.id}'s {plan.action} with")
         self._note(job, inc, plan.action, "started",
@@ -403,10 +412,12 @@ class Remediator:
 
     def _final_plan(self, job: JobConfig, inc: Incident, plan: prep.Prepared
                     ) -> prep.Prepared | None:
-        """The plan after the kill: choice confirmed, repairs applied (or another one)."""
+        """The plan after the kill: choice confirmed, repairs applied (or another one),
+        and the outputs the resumed run would write over moved aside."""
         fresh = self.config.exporter.writing_fresh_seconds
+        ledger = self.store.ledger(job.name)
         plan, change = prep.confirm(job, plan, writing_fresh_seconds=fresh,
-                                    can_repair=self.can_repair)
+                                    can_repair=self.can_repair, ledger=ledger)
         if change:
             self._note(job, inc, "choose", "changed", change)
         failed: set[str] = set()
@@ -417,22 +428,72 @@ class Remediator:
                        ("ok" if ok else "failed"), f"{info.name}: {detail}")
             if ok:
                 if not self.executor.outcome_suffix:
-                    plan = prep.with_checkpoint(plan, inspect_checkpoint(
-                        info.path, writing_fresh_seconds=fresh))
-                return plan
+                    replanned = self._replan(job, inc, plan, info.path, ledger)
+                    if replanned is None:
+                        return None
+                    plan = replanned
+                break
             failed.add(str(info.path))
             nxt, change = prep.confirm(job, plan, writing_fresh_seconds=fresh,
-                                       can_repair=self.can_repair, exclude=failed)
+                                       can_repair=self.can_repair, exclude=failed,
+                                       ledger=ledger)
             if nxt.checkpoint is None or str(nxt.checkpoint.info.path) in failed:
-                reason = (f"the repair of {info.name} failed ({detail}) and no other "
-                          "checkpoint is usable; the run was stopped and is not restarted "
-                          "from scratch over its checkpoints")
-                self._note(job, inc, "resume", "failed", reason)
-                self.store.set_state(inc.id, "done", outcome="failed", reason=reason)
-                return None
+                return self._fail(job, inc, f"the repair of {info.name} failed ({detail}) and "
+                                            "no other checkpoint is usable; the run was stopped "
+                                            "and is not restarted from scratch over its "
+                                            "checkpoints")
             self._note(job, inc, "choose", "changed", change)
             plan = nxt
+        return self._keep_aside(job, inc, plan, ledger)
+
+    def _replan(self, job: JobConfig, inc: Incident, plan: prep.Prepared, path: Path,
+                ledger: ResumeLedger) -> prep.Prepared | None:
+        """The plan again for the checkpoint now at ``path`` (repaired, or moved aside)."""
+        fresh = self.config.exporter.writing_fresh_seconds
+        try:
+            info = inspect_checkpoint(path, writing_fresh_seconds=fresh)
+        except OSError as exc:
+            return self._fail(job, inc, f"cannot inspect {path} again: {exc}")
+        new = prep.with_checkpoint(job, plan, info, ledger)
+        if isinstance(new, prep.Refusal):
+            return self._fail(job, inc, f"the run was stopped but its resume could not be "
+                                        f"made again for {path}: {new.reason}")
+        return new
+
+    def _keep_aside(self, job: JobConfig, inc: Incident, plan: prep.Prepared,
+                    ledger: ResumeLedger) -> prep.Prepared | None:
+        """Rename aside what the resumed run would write over, in place (sd-scripts names
+        step saves by a counter a resume restarts; trainguard.trainers.Rewrites): a
+        rename, never a delete, so every state upstream would keep is still there."""
+        edits = plan.edits
+        if plan.checkpoint is None or edits is None or edits.rewrites is None:
+            return plan
+        try:
+            names = trainers.at_risk(os.listdir(job.output_dir), edits)
+        except OSError:
+            names = []
+        if not names:
+            return plan
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        try:
+            moved = self.executor.keep_aside(job.output_dir, names, stamp)
+        except OSError as exc:
+            return self._fail(job, inc, f"cannot move aside {names}, which the resumed run "
+                                        f"would write over: {exc}; not resuming over them")
+        what = (", ".join(f"{k} -> {v}" for k, v in moved.items()) if moved
+                else f"would move aside {names}")
+        self._note(job, inc, "keep", self.executor.outcome_suffix or "ok",
+                   f"moved aside what the resumed run would write over: {what}")
+        chosen = plan.checkpoint.info.name
+        if chosen in moved:
+            return self._replan(job, inc, plan, job.output_dir / moved[chosen], ledger)
         return plan
+
+    def _fail(self, job: JobConfig, inc: Incident, reason: str) -> prep.Prepared | None:
+        """End the incident as failed (after the kill); None, for the caller to return."""
+        self._note(job, inc, "resume", "failed", reason)
+        self.store.set_state(inc.id, "done", outcome="failed", reason=reason)
+        return None
 
     # ------------------------------------------------------------------ environment
 

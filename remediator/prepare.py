@@ -31,8 +31,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from trainguard import trainers
 from trainguard.checkpoint import CheckpointInfo, compat, inspect_checkpoint, list_checkpoints
 from trainguard.config import JobConfig
+from trainguard.ledger import ResumeLedger
 from trainguard.script import ScriptError, read_script
 
 from .actions.launch import LaunchError, log_path, script_argv
@@ -80,6 +82,8 @@ class Prepared:
     log_file: Path
     skipped: tuple[Mapping[str, Any], ...] = ()   # checkpoints passed over, and why
     note: str = ""                   # what the trainer profile adds, and why
+    edits: trainers.ResumeEdits | None = None   # the trainer profile's, for the ledger
+                                                # and the outputs the run writes again
 
     @property
     def action(self) -> str:
@@ -108,13 +112,13 @@ class _Base:
 
     def plan(self, checkpoint: Candidate | None, flags: FlagSet | None, argv: Sequence[str],
              env: Mapping[str, str], *, copy: Path | None = None,
-             copy_bytes: bytes | None = None, copy_mode: int = 0, note: str = ""
-             ) -> Prepared:
+             copy_bytes: bytes | None = None, copy_mode: int = 0,
+             edits: trainers.ResumeEdits | None = None) -> Prepared:
         return Prepared(checkpoint=checkpoint, flags=flags, argv=tuple(argv), copy=copy,
                         copy_bytes=copy_bytes, copy_mode=copy_mode, env=env,
                         env_source=self.env_source, python=self.python,
                         workdir=self.workdir, log_file=self.log_file, skipped=self.skipped,
-                        note=note)
+                        note=edits.note if edits is not None else "", edits=edits)
 
 
 @dataclass
@@ -174,11 +178,20 @@ def choose(infos: Sequence[CheckpointInfo], pyenv: compat.Environment | None,
     return out
 
 
-def resume_flags(job: JobConfig, words: Sequence[str] | None, info: CheckpointInfo
-                 ) -> tuple[FlagSet, str]:
-    """The flags the resumed command carries, and a note saying why."""
+# Flags a profile may drop that take no value (trainguard.trainers).
+_SWITCHES = frozenset({trainers.SKIP})
+
+
+def resume_edits(job: JobConfig, words: Sequence[str] | None, info: CheckpointInfo,
+                 ledger: ResumeLedger | None) -> tuple[FlagSet, trainers.ResumeEdits | None]:
+    """The flags the resumed command carries: the trainer profile's (sd-scripts is told
+    its true starting point; trainers that resume correctly get the resume flag only)."""
     assert job.launch is not None
-    return FlagSet.resume(job.launch.resume_flag, info.path), ""
+    if not words:
+        return FlagSet.resume(job.launch.resume_flag, info.path), None
+    edits = trainers.resume_edits(words, job.launch.resume_flag, info, ledger)
+    return FlagSet(edits.set_flags, tuple((f, f not in _SWITCHES)
+                                          for f in edits.remove_flags)), edits
 
 
 def _writable(path: Path) -> bool:
@@ -186,8 +199,8 @@ def _writable(path: Path) -> bool:
 
 
 def prepare(job: JobConfig, run_env: RunEnv, *, restart_from_scratch: bool,
-            writing_fresh_seconds: float, can_repair: bool | None = None
-            ) -> Prepared | Refusal:
+            writing_fresh_seconds: float, can_repair: bool | None = None,
+            ledger: ResumeLedger | None = None) -> Prepared | Refusal:
     """Everything the resume needs, or why it cannot be done (see the module doc)."""
     launch = job.launch
     if launch is None:
@@ -213,7 +226,8 @@ def prepare(job: JobConfig, run_env: RunEnv, *, restart_from_scratch: bool,
     env.update(launch.env)
     pyenv = _python_env(job, words, env)
     try:
-        infos = list_checkpoints(job.output_dir, writing_fresh_seconds=writing_fresh_seconds)
+        infos = list_checkpoints(job.output_dir, writing_fresh_seconds=writing_fresh_seconds,
+                                 ledger=ledger)
     except OSError as exc:
         return Refusal(f"cannot list the checkpoints in {job.output_dir}: {exc}")
     can = repair_available() if can_repair is None else can_repair
@@ -242,32 +256,32 @@ def prepare(job: JobConfig, run_env: RunEnv, *, restart_from_scratch: bool,
     env.update(cand.env_fixes)
     if script_error is not None:
         return Refusal(f"cannot add the resume flag: {script_error}")
-    flags, note = resume_flags(job, words, cand.info)
-    return _render(job, cand, flags, note, env, base)
+    return _render(job, cand, words, ledger, env, base)
 
 
-def _render(job: JobConfig, cand: Candidate, flags: FlagSet, note: str,
-            env: Mapping[str, str], base: _Base) -> Prepared | Refusal:
+def _render(job: JobConfig, cand: Candidate, words: Sequence[str] | None,
+            ledger: ResumeLedger | None, env: Mapping[str, str], base: _Base
+            ) -> Prepared | Refusal:
     launch = job.launch
     assert launch is not None
+    flags, edits = resume_edits(job, words, cand.info, ledger)
     if launch.command is not None:
-        return base.plan(cand, flags, resume_argv(launch.command, flags), env, note=note)
+        return base.plan(cand, flags, resume_argv(launch.command, flags), env, edits=edits)
     assert launch.script is not None
     try:
         target, data, mode = render_resumed_copy(launch.script, flags)
         argv = script_argv(target)
     except (ScriptError, LaunchError) as exc:
         return Refusal(f"cannot write a resumed copy: {exc}")
-    if not _writable(target.parent) or (target.exists() and not os.access(target, os.W_OK)
-                                        and not _writable(target.parent)):
+    if not _writable(target.parent):
         return Refusal(f"the resumed copy {target} cannot be written (folder not writable)")
     return base.plan(cand, flags, argv, env, copy=target, copy_bytes=data, copy_mode=mode,
-                     note=note)
+                     edits=edits)
 
 
 def confirm(job: JobConfig, prepared: Prepared, *, writing_fresh_seconds: float,
-            can_repair: bool | None = None, exclude: set[str] | frozenset[str] = frozenset()
-            ) -> tuple[Prepared, str]:
+            can_repair: bool | None = None, exclude: set[str] | frozenset[str] = frozenset(),
+            ledger: ResumeLedger | None = None) -> tuple[Prepared, str]:
     """After the kill: the checkpoint list again, the choice kept or updated.
 
     Nothing of the run can be writing any more, so a save that finished during the kill
@@ -278,7 +292,8 @@ def confirm(job: JobConfig, prepared: Prepared, *, writing_fresh_seconds: float,
     if prepared.checkpoint is None:
         return prepared, ""
     try:
-        infos = list_checkpoints(job.output_dir, writing_fresh_seconds=writing_fresh_seconds)
+        infos = list_checkpoints(job.output_dir, writing_fresh_seconds=writing_fresh_seconds,
+                                 ledger=ledger)
     except OSError as exc:
         return prepared, f"could not list the checkpoints again ({exc}); keeping the choice"
     can = repair_available() if can_repair is None else can_repair
@@ -296,12 +311,11 @@ def confirm(job: JobConfig, prepared: Prepared, *, writing_fresh_seconds: float,
                 return prepared, (f"{old.name} is no longer usable and nothing else is; "
                                   "resuming from it anyway would fail")
         return prepared, ""
-    flags, note = resume_flags(job, _words(job), cand.info)
     env = dict(prepared.env)
     env.update(cand.env_fixes)
     base = _Base(prepared.workdir, prepared.log_file, prepared.python, prepared.env_source,
                  tuple(chosen.skipped))
-    fresh = _render(job, cand, flags, note, env, base)
+    fresh = _render(job, cand, _words(job), ledger, env, base)
     if isinstance(fresh, Refusal):
         return prepared, f"{cand.info.name} is newer now but {fresh.reason}; keeping the choice"
     return fresh, (f"after the kill {cand.info.name} (step {cand.info.step}) is the newest "
@@ -320,7 +334,12 @@ def _words(job: JobConfig) -> tuple[str, ...] | None:
         return None
 
 
-def with_checkpoint(prepared: Prepared, info: CheckpointInfo) -> Prepared:
-    """The same plan with a re-inspected checkpoint (after a repair)."""
+def with_checkpoint(job: JobConfig, prepared: Prepared, info: CheckpointInfo,
+                    ledger: ResumeLedger | None = None) -> Prepared | Refusal:
+    """The same plan for a re-inspected checkpoint (after a repair, or moved aside): the
+    profile's flags and the resumed copy are made again for it."""
     assert prepared.checkpoint is not None
-    return replace(prepared, checkpoint=replace(prepared.checkpoint, info=info))
+    cand = replace(prepared.checkpoint, info=info, repairs=())  # repairs are done by now
+    base = _Base(prepared.workdir, prepared.log_file, prepared.python, prepared.env_source,
+                 prepared.skipped)
+    return _render(job, cand, _words(job), ledger, prepared.env, base)

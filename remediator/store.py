@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainguard.ledger import Resume, ResumeLedger
+
 SCHEMA_VERSION = 2
 
 OPEN_STATES = ("queued", "waiting", "acting")
@@ -90,7 +92,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 # Columns added after version 1, applied to older files in place.
 _JOB_COLUMNS_V2 = {"paused": "INTEGER NOT NULL DEFAULT 0", "paused_reason": "TEXT",
                    "paused_at": "REAL", "run_env": "TEXT", "run_env_source": "TEXT",
-                   "run_env_at": "REAL"}
+                   "run_env_at": "REAL", "ledger": "TEXT"}
 
 
 class StoreError(Exception):
@@ -372,6 +374,29 @@ class Store:
     def set_run_env(self, job: str, env: Mapping[str, str], source: str) -> None:
         self.update_job(job, run_env=json.dumps(dict(env), sort_keys=True),
                         run_env_source=source, run_env_at=time.time())
+
+    def ledger(self, job: str) -> ResumeLedger:
+        """trainguard's own resumes of the job (trainguard.ledger), oldest first."""
+        rows = self._read("SELECT ledger FROM jobs WHERE job=?", (job,))
+        if not rows or not rows[0]["ledger"]:
+            return ResumeLedger()
+        try:
+            return ResumeLedger.from_json(json.loads(rows[0]["ledger"]))
+        except ValueError:
+            return ResumeLedger()  # a damaged ledger only loses precision, never safety
+
+    def append_resume(self, job: str, resume: Resume) -> None:
+        """Record one launch in the job's ledger (one transaction: read, append, write)."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO jobs (job) VALUES (?)", (job,))
+            row = db.execute("SELECT ledger FROM jobs WHERE job=?", (job,)).fetchone()
+            try:
+                ledger = ResumeLedger.from_json(json.loads(row["ledger"])) if row["ledger"] \
+                    else ResumeLedger()
+            except ValueError:
+                ledger = ResumeLedger()
+            db.execute("UPDATE jobs SET ledger=? WHERE job=?",
+                       (json.dumps(ledger.with_resume(resume).to_json()), job))
 
     def set_paused(self, job: str, paused: bool, reason: str | None = None) -> None:
         """Pause (no alert acts on the job) or unpause it."""

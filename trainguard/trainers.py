@@ -40,6 +40,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 
+from trainguard import script
 from trainguard.checkpoint.model import CheckpointInfo
 from trainguard.checkpoint.names import KEPT_INFIX
 from trainguard.checkpoint.order import at_epoch_end, counted_steps
@@ -120,20 +121,13 @@ def _script_args(words: Sequence[str]) -> Sequence[str]:
 
 
 def flag_value(words: Sequence[str], flag: str) -> str | None:
-    """The last value of ``flag`` (``--flag v`` or ``--flag=v``) among the script's own
-    arguments, or None."""
-    value = None
-    args = _script_args(words)
-    for i, w in enumerate(args):
-        if w == flag and i + 1 < len(args):
-            value = args[i + 1]
-        elif w.startswith(flag + "="):
-            value = w[len(flag) + 1:]
-    return value
+    """The last value of ``flag`` among the script's own arguments, or None."""
+    return script.flag_value(_script_args(words), flag)
 
 
 def has_flag(words: Sequence[str], flag: str) -> bool:
-    return any(w == flag or w.startswith(flag + "=") for w in _script_args(words))
+    """Whether the script's own arguments give ``flag``."""
+    return script.has_flag(_script_args(words), flag)
 
 
 def profile_name(words: Sequence[str]) -> str:

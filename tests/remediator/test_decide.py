@@ -99,6 +99,26 @@ def test_completed_run_is_only_recorded() -> None:
     assert isinstance(d, Skip) and "completed" in d.reason
 
 
+def test_a_dead_run_whose_newest_state_is_the_final_one_completed() -> None:
+    """sd-scripts writes {name}-state only at the end: resuming it would trip the
+    max_train_steps assert (train_network.py:1253); the run is done."""
+    from remediator.prepare import Candidate
+    from trainguard.checkpoint import CheckpointInfo, Status
+
+    def plan(name: str, final: bool) -> Prepared:
+        info = CheckpointInfo(path=Path("/r/out") / name, name=name, step=80,
+                              step_source="train_state.json", epoch=8, status=Status.VALID,
+                              problems=(), mtime=NOW - 5, rng_step=0, train_state_step=80,
+                              numpy_module=None, final=final)
+        return dataclasses.replace(PLAN, checkpoint=Candidate(info))
+
+    d = timed(facts(processes=(), resume=plan("lora-state", True)))
+    assert isinstance(d, Skip) and "lora-state" in d.reason and "completed" in d.reason
+    assert isinstance(decide(facts(processes=(), resume=plan("lora-000006-state", False))), Act)
+    # While a process lives (a new run started from the final state), it proves nothing.
+    assert isinstance(decide(facts(resume=plan("lora-state", True))), Act)
+
+
 def test_stale_alert_from_before_the_last_launch_is_skipped() -> None:
     d = timed(facts(last_process_start=ALERT + 1))
     assert isinstance(d, Skip) and d.reason.startswith("stale")
