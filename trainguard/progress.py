@@ -381,10 +381,12 @@ class LogFollower:
         self._enter(phases.FINISHED, when)
 
     def _start(self, when: float) -> None:
+        # No phase here: a start line may be sd-scripts' late print() banner (flushed when
+        # the first tqdm bar of the run is created, e.g. sampling before step 1); the start
+        # records set the start-up phase through phases.RECORD_PHASES.
         if not self._run_open:
             self._new_run(when)
             self._run_open = True
-        self._enter(phases.STARTUP, when)
 
     def _new_run(self, when: float) -> None:
         self._completed = False

@@ -41,6 +41,9 @@ class ProgressCollector:
                                   "Total steps of the run, as the log says.", labels=jl)
         last = GaugeMetricFamily("trainguard_job_last_progress_timestamp_seconds",
                                  "When the step last advanced.", labels=jl)
+        followed = GaugeMetricFamily("trainguard_job_log_followed",
+                                     "1 when the job has a log the exporter follows (its step "
+                                     "and phase can be known), 0 without one.", labels=jl)
         done = GaugeMetricFamily("trainguard_job_completed",
                                  "1 once the job's latest run finished normally.", labels=jl)
         phase = GaugeMetricFamily("trainguard_job_phase",
@@ -86,8 +89,10 @@ class ProgressCollector:
                     gap_max.add_metric([job.name], progress.step_gap_max)
                 if progress.step_seconds is not None:
                     gap_typical.add_metric([job.name], progress.step_seconds)
+            followed.add_metric([job.name], 0.0 if follower is None else 1.0)
             alive = any(p.alive for p in procs.get(job.name, ()))
             done.add_metric([job.name], 1.0 if job_completed(job, progress, alive) else 0.0)
-        yield from (step, total, last, done, phase, phase_start, phase_max, gap_max, gap_typical)
+        yield from (step, total, last, done, followed, phase, phase_start, phase_max, gap_max,
+                    gap_typical)
         if errors:
             raise OSError("; ".join(errors))
