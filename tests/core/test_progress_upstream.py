@@ -217,6 +217,29 @@ def test_sd_scripts_phases_from_wrapped_rich_records(tmp_path: Path) -> None:
     assert (p.phase, p.completed, p.step) == ("finished", True, 80)
 
 
+def test_sample_at_first_is_sampling_although_the_banner_arrives_then(tmp_path: Path) -> None:
+    # --sample_at_first (train_network.py:1332) samples before the steps bar exists: the
+    # first tqdm bar of the run is then the denoising bar, whose creation flushes the
+    # buffered "running training" banner (987) into the middle of the sampling phase.
+    r = Run(tmp_path / "train.log")
+    r.up.rich("preparing accelerator", "preparing accelerator")
+    r.poll(0.0)
+    r.up.rich("caching latents...", "caching latents")
+    r.up.print("running training / 学習開始")
+    r.poll(10.0)
+    r.up.rich("generating sample images at step / サンプル画像生成 ステップ: 0", "sample")
+    r.up.bar(20, desc=None).update(5)
+    text = r.up._log.getvalue()
+    assert text.index("サンプル画像生成") < text.index("running training")
+    p = r.poll(20.0)
+    assert (p.phase, p.phase_started) == ("sampling", 20.0)
+    r.up.kill()     # (the denoise bar closes; the steps bar is created)
+    r.up.bar(80)
+    p = r.poll(260.0)
+    assert (p.phase, p.step, dict(p.phase_max)) == (
+        "training", 0, {"caching": 10.0, "sampling": 240.0})
+
+
 def test_plain_lines_never_date_a_phase(tmp_path: Path) -> None:
     # With --console_log_simple (or no rich) sd-scripts logs to stdout like print(), late.
     r = Run(tmp_path / "train.log")

@@ -19,8 +19,8 @@ from helpers.common import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 
-from replay.evaluate import evaluate  # noqa: E402
-from replay.scenarios import corpus  # noqa: E402
+from replay.evaluate import evaluate
+from replay.scenarios import corpus
 
 pytestmark = pytest.mark.slow
 SCENARIOS = {sc.name: sc for sc in corpus()}
