@@ -133,6 +133,7 @@ class LogFollower:
         self.bytes_read = 0           # total bytes read over this follower's life
         self.reopened = 0             # truncations and rotations seen
         self._ident: tuple[int, int] | None = None   # (st_dev, st_ino) of the file read
+        self._missing_seen = False    # polled before the log existed
         self._partial = b""
         self._parser = LogParser()
         self._after_newline = True
@@ -173,9 +174,14 @@ class LogFollower:
         try:
             st = os.stat(self.path)
         except OSError:
+            self._missing_seen = True
             return self._progress()  # not there (yet, or mid-rotation): keep what we knew
         ident = (st.st_dev, st.st_ino)
         first_sight = self._ident is None
+        # Catching up on a log that was there before us (its lines are as old as its mtime
+        # at most, and teach no rhythm); one that appeared while we watched is being
+        # written now.
+        catch_up = first_sight and not self._missing_seen
         if ident != self._ident or st.st_size < self.offset:
             if not first_sight:
                 self.reopened += 1
@@ -190,9 +196,8 @@ class LogFollower:
             if st.st_size > TAIL_BYTES:
                 self.offset = st.st_size - TAIL_BYTES
         if st.st_size > self.offset:
-            # Lines found while catching up on an existing file happened at mtime or before.
-            self._live = not first_sight
-            when = min(st.st_mtime, now) if first_sight else now
+            self._live = not catch_up
+            when = min(st.st_mtime, now) if catch_up else now
             self._read(st.st_size, when, skip_first=first_sight and self.offset > 0)
         return self._progress()
 

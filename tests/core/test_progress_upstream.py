@@ -465,3 +465,18 @@ def test_real_sd_scripts_logging_in_a_subprocess(tmp_path: Path) -> None:
     # What made this test worth having: the print()s really came late, after the
     # completion marker and the exit redraw.
     assert text.index("model saved.") < text.index("saving checkpoint:")
+
+
+def test_a_log_that_appears_while_watched_is_live(tmp_path: Path) -> None:
+    # The exporter started before the run: the log it then sees appear is being written
+    # now, so its lines are dated by the polls and teach the rhythm (unlike a log that was
+    # already there, which is only caught up on).
+    r = Run(tmp_path / "train.log")
+    assert r.follower.poll(now=0.0).step is None        # no file yet
+    bar = r.up.bar(50)
+    r.up.steps(bar)
+    assert r.poll(10.0).last_progress == 10.0
+    r.up.steps(bar)
+    r.poll(12.0)
+    r.up.steps(bar)
+    assert r.poll(14.0).step_gap_max == 2.0
