@@ -66,6 +66,12 @@ def corpus() -> list[Scenario]:
             sample_every=None), note="4 min validation per epoch"),
         Scenario("sd-scripts: slow state saves", _sd(
             **{**ISSUE, "save_s": 420.0}), note="7 min saves (a large state)"),
+        Scenario("sd-scripts: 14 min sampling (12 GB card)", _sd(
+            epochs=3, steps_per_epoch=40, step_s=10.0, sample_every=40, sample_s=840.0),
+            note="4 prompts at 3.5 min each, GPU busy"),
+        Scenario("HF Trainer: 15 min evaluation", lambda tl: hf_trainer(
+            tl, Trainer(max_steps=200, eval_s=900.0)), step_pattern=HF_PATTERN,
+            note="a large eval set"),
         Scenario("diffusers: checkpoints and validation", lambda tl: diffusers(tl, Diffusers()),
                  note="2.5 s steps, 45 s saves, 3 min validation per epoch"),
         Scenario("HF Trainer: evaluation and saves", lambda tl: hf_trainer(tl, Trainer()),
