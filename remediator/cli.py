@@ -56,7 +56,8 @@ def _common(p: argparse.ArgumentParser, *, required: bool, suppress: bool = Fals
             listen: bool = True) -> None:
     default = argparse.SUPPRESS if suppress else None
     p.add_argument("--config", metavar="FILE", default=default, required=required,
-                   help="trainguard YAML config")
+                   help="trainguard YAML config (default: $TRAINGUARD_CONFIG, else "
+                        "./trainguard.yaml)")
     if listen:
         p.add_argument("--listen", metavar="HOST:PORT", default=default,
                        help="address to listen on (default: remediator.listen, else "
@@ -65,10 +66,12 @@ def _common(p: argparse.ArgumentParser, *, required: bool, suppress: bool = Fals
 
 def _load(args: argparse.Namespace) -> Config:
     from trainguard.cli import UsageError
+    from trainguard.default_config import NoConfigError, find_config
 
-    if not getattr(args, "config", None):
-        raise UsageError("remediator: --config FILE is required")
-    return load_config(args.config)
+    try:
+        return load_config(find_config(getattr(args, "config", None)))
+    except NoConfigError as exc:
+        raise UsageError(f"remediator: {exc}") from None
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainguard.config import JOB_NAME_RE, load_config
+from trainguard.default_config import DEFAULT_NAME as CONFIG_NAME
 
 if TYPE_CHECKING:
     from trainguard.cli import CommandRegistry
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME = "trainguard.yaml"
 TOKEN_PATH = Path("secrets") / "trainguard-webhook-token"
 LOG_NAME = "train.log"
 
