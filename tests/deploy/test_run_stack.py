@@ -216,3 +216,14 @@ def test_a_part_that_dies_takes_the_stack_down_and_is_named(
     out = rs.text()
     assert "run-stack.sh: exporter exited (status 137)" in out, out
     assert not [name for name, pid in pids.items() if pid_alive(pid)]
+
+
+def test_no_remediator_needs_no_token(tmp_path: Path) -> None:
+    cfg = tmp_path / "tg.yaml"
+    (tmp_path / "out").mkdir()
+    cfg.write_text(f"jobs:\n  - name: a\n    output_dir: out\nexporter:\n"
+                   f"  listen: 127.0.0.1:{free_port()}\n")
+    proc = run_script("--config", str(cfg), "--no-remediator", "--check",
+                      "--prometheus-port", str(free_port()),
+                      "--alertmanager-port", str(free_port()), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
