@@ -6,12 +6,19 @@ What a user did: a FluxGym run hung, trainguard rescued it, the user stopped the
 restarted Alertmanager took the next hang's alert (same labels) for one it had already
 delivered and held it for the route's repeat_interval: 11 min 42 s instead of 1 min 42 s.
 
+A second hold-back, found by this test: Prometheus had recorded the resumed run as
+"quiet" (inside its start-up grace) just before the stop; a restarted Prometheus writes no
+staleness marker for a series only its predecessor wrote, so that 1 hid every alert of the
+job for the 5 min lookback once the grace had ended while the stack was down.  The rules
+now write trainguard:job_quiet as 0 or 1, never absent.
+
 Here: the real run-stack.sh (real Prometheus with the shipped prometheus.yml and its 15 s
 intervals, Alertmanager with the shipped routes, exporter, remediator) on free ports with
 a short --tunables file; a real accelerate run started as FluxGym starts it, on a fake-NVML
-GPU.  It hangs, is rescued, the stack gets Ctrl-C and is started again on the same state
-folder, the resumed run hangs again (tiny_train's --hang_file), and the second alert must
-reach the remediator within the configured detection time plus one group interval.
+GPU.  It hangs, is rescued, the stack gets Ctrl-C while the resumed run is in its grace
+and is started again on the same state folder once the grace is over, the resumed run
+hangs again (tiny_train's --hang_file), and the second alert must reach the remediator
+within the configured detection time plus one group interval.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import contextlib
 import json
 import os
 import signal
+import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,7 +47,8 @@ from demo.stack import FAST_TUNABLES, tunables_yaml
 pytestmark = pytest.mark.slow
 
 DEPLOY = REPO / "deploy"
-TUNABLES = {**FAST_TUNABLES, "startup_grace_seconds": 10, "gpu_idle_seconds": 8,
+GRACE = 40  # long enough that the first stack surely records the resumed run as quiet
+TUNABLES = {**FAST_TUNABLES, "startup_grace_seconds": GRACE, "gpu_idle_seconds": 8,
             "stall_seconds": 600, "gpu_spin_seconds": 600, "process_down_seconds": 5}
 ALERT = "TrainingGPUIdle"
 
@@ -98,6 +108,32 @@ def incidents(port: int, token: str) -> list[dict[str, Any]]:
     with urllib.request.urlopen(request, timeout=5) as response:
         found: list[dict[str, Any]] = json.loads(response.read())["incidents"]
         return found
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def diagnose(world: dict[str, Any], hang: dict[str, Any]) -> str:
+    """What each part saw, for a failure message: where did the alert stop?"""
+    prom = f"http://127.0.0.1:{world['ports']['prometheus']}"
+    out = [f"second hang at {hang['time']:.1f} (now {time.time():.1f})"]
+    queries = ["ALERTS", "trainguard:job_quiet", "trainguard_job_gpus",
+               "trainguard_job_gpu_utilization_ratio", "trainguard_job_process_up",
+               "time() - trainguard:job_gpu_last_busy_timestamp_seconds",
+               "time() - trainguard_job_process_start_time_seconds",
+               "trainguard_checkpoint_writing", "trainguard:tunable:gpu_idle_seconds"]
+    for query in queries:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            result = _get_json(f"{prom}/api/v1/query?"
+                               + urllib.parse.urlencode({"query": query}))["data"]["result"]
+            out.append(f"{query}: {[(r['metric'], r['value'][1]) for r in result]}")
+    with contextlib.suppress(OSError, ValueError):
+        am = _get_json(f"http://127.0.0.1:{world['ports']['alertmanager']}/api/v2/alerts")
+        out.append(f"alertmanager: {[(a['labels'], a['status']) for a in am]}")
+    out.append(f"events: {events(world['run'])[-6:]}")
+    return "\n".join(out)
 
 
 @pytest.fixture
@@ -168,10 +204,21 @@ def test_restart_right_after_a_rescue_does_not_hold_back_the_next(world: dict[st
     assert rescued["resume"] and rescued["step"] == 10, rescued
     RESTART_TIMINGS.append(("first hang -> resumed process", rescued["time"] - hang1["time"]))
 
-    # Right after the rescue (well within one group interval, so "resolved" never went
-    # out), Ctrl-C, and start the stack again on the same state folder.
+    # Right after the rescue, Ctrl-C: well within one group interval, so "resolved" never
+    # went out, and while the resumed run is inside its start-up grace, which Prometheus
+    # has recorded (trainguard:job_quiet 1).  Start the stack again on the same state once
+    # that grace is over (a short pause, as a person takes): nothing may hold back the
+    # next hang's alert then.
+    prom = f"http://127.0.0.1:{world['ports']['prometheus']}/api/v1/query?"
+    wait_for(lambda: _get_json(prom + urllib.parse.urlencode(
+        {"query": 'trainguard:job_quiet{training_job="my-lora"} == 1'}))["data"]["result"],
+        timeout=60, interval=0.5, what="Prometheus to see the resumed run in its grace")
+    assert time.time() < rescued["time"] + GRACE
+    (incident1,) = incidents(world["ports"]["remediator"], world["token"])
+    assert time.time() < incident1["created"] + shipped.group_interval  # no "resolved" yet
     first.ctrl_c()
     assert first.wait(timeout=60) == 0, first.text()
+    time.sleep(max(0.0, rescued["time"] + GRACE + 2 - time.time()))
     up(2)
     wait_for(lambda: any(e["event"] == "first_step" and e["time"] > rescued["time"]
                          for e in events(run)), timeout=120, what="the resumed run's steps")
@@ -187,11 +234,14 @@ def test_restart_right_after_a_rescue_does_not_hold_back_the_next(world: dict[st
         return next((i for i in incidents(world["ports"]["remediator"], world["token"])
                      if i["alertname"] == ALERT and i["created"] > hang2["time"]), None)
 
-    incident = wait_for(reached, timeout=bound + 30, interval=0.5,
-                        what=f"the second hang's {ALERT} at the remediator (configured "
-                             f"detection {detection:g}s + group_interval "
-                             f"{shipped.group_interval:g}s; repeat_interval "
-                             f"{shipped.repeat_interval:g}s)")
+    try:
+        incident = wait_for(reached, timeout=bound + 30, interval=0.5,
+                            what=f"the second hang's {ALERT} at the remediator (configured "
+                                 f"detection {detection:g}s + group_interval "
+                                 f"{shipped.group_interval:g}s; repeat_interval "
+                                 f"{shipped.repeat_interval:g}s)")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnose(world, hang2)}") from None
     took = incident["created"] - hang2["time"]
     RESTART_TIMINGS.extend([("second hang -> alert at the remediator", took),
                             ("  configured detection", detection),

@@ -55,9 +55,23 @@ def script_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def run_script(*args: str, cwd: Path | None = None, timeout: float = 60.0,
                env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """run-stack.sh to completion (for its refusals and --check)."""
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env=script_env(env), check=False)
+    """run-stack.sh to completion (for its refusals and --check).  Should it start the
+    stack after all and run on, it gets SIGTERM, so that it stops what it started (its
+    parts live in their own sessions: killing the script alone would orphan them)."""
+    proc = subprocess.Popen(["bash", str(SCRIPT), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=cwd, env=script_env(env),
+                            stdin=subprocess.DEVNULL)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=45)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        raise AssertionError(f"run-stack.sh still running after {timeout:.0f}s:\n{err}") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _terminal_defaults() -> None:
