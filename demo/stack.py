@@ -83,6 +83,17 @@ def binary(*names: str) -> str:
     raise FileNotFoundError(f"none of {', '.join(names)} is installed (run scripts/bootstrap.sh)")
 
 
+def prometheus_ui_prefix(prometheus: str | None = None) -> str:
+    """Where Prometheus serves its alert and target pages: Debian's 2.x package serves only
+    the classic UI (``/classic/alerts``; ``/alerts`` is 404), 3.x only the new one."""
+    try:
+        out = subprocess.run([prometheus or binary("prometheus"), "--version"],
+                             capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "/classic"
+    return "/classic" if "version 2." in (out.stdout + out.stderr) else ""
+
+
 def tunables_yaml(values: Mapping[str, float]) -> str:
     """A tunables override file: deploy's record names, these values."""
     default = yaml.safe_load((RULES_DIR / "tunables.yml").read_text())
@@ -221,6 +232,16 @@ class Stack:
     # ------------------------------------------------------------------ talking to it
     def url(self, name: str, path: str = "") -> str:
         return f"http://127.0.0.1:{self.ports[name]}{path}"
+
+    def where_to_look(self) -> list[tuple[str, str]]:
+        """(what, URL) of the pages a person can open while this stack runs.  Debian's
+        Alertmanager has no web UI (its / says so), so its alerts are the JSON API."""
+        ui = prometheus_ui_prefix()
+        return [("remediator status page", self.url("remediator", "/")),
+                ("Prometheus alerts", self.url("prometheus", f"{ui}/alerts")),
+                ("Prometheus targets", self.url("prometheus", f"{ui}/targets")),
+                ("Alertmanager alerts (JSON)", self.url("alertmanager", "/api/v2/alerts")),
+                ("exporter metrics", self.url("exporter", "/metrics"))]
 
     def get(self, name: str, path: str, *, token: bool = False, timeout: float = 5.0) -> bytes:
         request = urllib.request.Request(self.url(name, path))  # noqa: S310 - http only
