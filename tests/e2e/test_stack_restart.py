@@ -41,7 +41,7 @@ from helpers.common import REPO, free_port, wait_for
 from helpers.fakenvml import FakeGPUs, env_for
 from helpers.runstack import RunStack, write_config
 
-from demo.fluxgym import FluxGymRun, make_run, start_run
+from demo.fluxgym import TINY_TRAIN, FluxGymRun, make_run, start_run
 from demo.stack import FAST_TUNABLES, tunables_yaml
 
 pytestmark = pytest.mark.slow
@@ -143,7 +143,8 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
     env = env_for(gpus.root)
     env["PATH"] = f"{REPO / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     hang_file = tmp_path / "hang-now"
-    run = make_run(tmp_path / "fluxgym", "my-lora", flags=[
+    # The tiny trainer: its --hang_file makes the resumed run hang a second time on cue.
+    run = make_run(tmp_path / "fluxgym", "my-lora", trainer=TINY_TRAIN, flags=[
         "--max_train_steps", "100000", "--save_every_n_steps", "10", "--step_seconds", "0.25",
         "--hang_at_step", "12", "--hang_mode", "idle", "--once_marker", str(tmp_path / "once"),
         "--hang_file", str(hang_file), "--fake_gpu", str(gpus.path(0))])
