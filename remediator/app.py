@@ -185,14 +185,27 @@ class _StoreCollector(Collector):
         gave = GaugeMetricFamily("trainguard_remediator_gave_up",
                                  "1 while the job's restart budget is spent (reset re-arms)",
                                  labels=["training_job"])
+        failed = GaugeMetricFamily(
+            "trainguard_remediator_failed_permanently",
+            "1 while the job's latest incident ended without a relaunch because the run's "
+            "log shows a failure a restart repeats; class and cause name the row of "
+            "remediator.failures (the error line is in the incident and the report); 0, "
+            "without class and cause, otherwise",
+            labels=["training_job", "class", "cause"])
         for job in self.config.jobs:
             js = self.store.job_state(job.name)
             last.add_metric([job.name], js.last_remediation or 0.0)
             gave.add_metric([job.name], 1.0 if js.gave_up else 0.0)
             paused.add_metric([job.name], 1.0 if js.paused else 0.0)
-            latest = self.store.latest_outcome(job.name)
-            refused.add_metric([job.name], 1.0 if latest and latest[0] == "refused" else 0.0)
-        yield from (total, last, gave, paused, refused)
+            latest = self.store.latest_decided(job.name)
+            state = latest.state if latest is not None else None
+            refused.add_metric([job.name], 1.0 if state == "refused" else 0.0)
+            if latest is not None and state == "failed_permanently":
+                failed.add_metric([job.name, latest.failure_class or "unknown",
+                                   latest.failure_cause or "unknown"], 1.0)
+            else:
+                failed.add_metric([job.name, "", ""], 0.0)
+        yield from (total, last, gave, paused, refused, failed)
 
 
 # --------------------------------------------------------------------------- app
