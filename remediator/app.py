@@ -30,7 +30,6 @@ import json
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, render_template_string, request
@@ -41,6 +40,7 @@ from werkzeug.exceptions import HTTPException
 
 from trainguard.checkpoint import CheckpointScanner
 from trainguard.config import Config
+from trainguard.secrets import SecretError, read_secret
 
 from .pipeline import Alert, Remediator, parse_time
 from .store import Store, StoreError, summarize
@@ -67,16 +67,9 @@ def load_token(config: Config) -> str:
                          "not run without a bearer token (create one, e.g. with `trainguard "
                          "init`)")
     try:
-        mode = Path(path).stat().st_mode
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TokenError(f"{path}: cannot read the webhook token file "
-                         f"(remediator.token_file): {exc.__class__.__name__}") from None
-    if mode & 0o077:
-        # As ssh does with keys: a secret others can read is not a secret.  Refusing is
-        # louder than a warning nobody reads, and the fix is one command.
-        raise TokenError(f"{path}: the webhook token file is readable by other users (mode "
-                         f"{mode & 0o777:o}); run `chmod 600 {path}`")
+        token = read_secret(path, "the webhook token file (remediator.token_file)")
+    except SecretError as exc:
+        raise TokenError(str(exc)) from None
     if len(token) < 16 or any(c.isspace() for c in token):
         raise TokenError(f"{path}: the webhook token must be one line of at least 16 "
                          "non-space characters")
