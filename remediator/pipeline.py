@@ -51,7 +51,7 @@ from trainguard.ledger import Resume, ResumeLedger
 from trainguard.process import JobProcess, ProcessMatcher, alive, environment_of
 from trainguard.progress import LogFollower, job_completed
 
-from . import failures
+from . import failures, report
 from . import prepare as prep
 from .decide import Act, Budget, Facts, FailPermanently, GiveUp, Refuse, Skip, Wait, decide
 from .execute import executor_for, leftovers
@@ -104,11 +104,17 @@ class Remediator:
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._busy: dict[str, int | None] = {j.name: None for j in config.jobs}
+        # People hear of each decision through Alertmanager (remediator.report), when the
+        # config says who they are.
+        self.reporter = (report.Reporter(config.notify.alertmanager_url)
+                         if config.notify is not None else None)
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         self._announce()
+        if self.reporter is not None:
+            self.reporter.start()
         for job in self.config.jobs:
             q: queue.Queue[int | None] = queue.Queue()
             t = threading.Thread(target=self._worker, args=(job, q),
@@ -160,6 +166,8 @@ class Remediator:
             q.put(None)
         for t in self._threads:
             t.join(timeout)
+        if self.reporter is not None:
+            self.reporter.stop(timeout)
 
     def busy(self, job: str) -> int | None:
         """The incident a job's worker is handling now, if any."""
@@ -259,6 +267,26 @@ class Remediator:
         self.store.record(job.name, inc.id, action, outcome, detail)
 
     def _handle(self, job: JobConfig, incident_id: int) -> None:
+        try:
+            self._decide_and_act(job, incident_id)
+        finally:
+            self._report(job, incident_id)
+
+    def _report(self, job: JobConfig, incident_id: int) -> None:
+        """Tell people what was decided (once per outcome and reason)."""
+        if self.reporter is None:
+            return
+        inc = self.store.get_incident(incident_id)
+        if inc is None:
+            return
+        alert = report.build(self.config, job, inc)
+        sig = report.signature(inc)
+        if alert is None or (inc.evidence or {}).get("reported") == sig:
+            return
+        self.store.add_evidence(inc.id, "reported", sig)
+        self.reporter.send(alert)
+
+    def _decide_and_act(self, job: JobConfig, incident_id: int) -> None:
         inc = self.store.get_incident(incident_id)
         if inc is None or inc.state not in ("queued", "waiting", "acting"):
             return
@@ -318,7 +346,7 @@ class Remediator:
             return
         self.store.set_failure(inc.id, failure.cls, failure.cause, failure.line)
         self._note(job, inc, "classify", failure.cls,
-                   f"the run is gone; {failure.describe()} (read from the end of "
+                   f"the run is gone and {failure.describe()} (read from the end of "
                    f"{failure.log})")
 
     def facts(self, job: JobConfig, inc: Incident, saving_since: float | None) -> Facts:
