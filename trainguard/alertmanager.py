@@ -113,7 +113,7 @@ _WHAT = {"discord": "the Discord webhook URL", "slack": "the Slack incoming-webh
 
 def secret_of(receiver: Receiver, where: str) -> str:
     """The receiver's secret, read and checked (mode 0600, one line, its shape)."""
-    what = f"{_WHAT[receiver.kind]} ({where}.secret_file)"
+    what = f"{_WHAT[receiver.kind]} ({where})"
     try:
         value = read_secret(receiver.secret_file, what)
     except SecretError as exc:
@@ -131,7 +131,8 @@ def secret_of(receiver: Receiver, where: str) -> str:
 
 def _integration(r: Receiver, where: str, *, send_resolved: bool, inline: bool
                  ) -> tuple[str, dict[str, Any]]:
-    secret = secret_of(r, where)   # always read: a broken secret fails now, not at 3 a.m.
+    # Always read, file-variant kinds too: a broken secret fails now, not at 3 a.m.
+    secret = secret_of(r, f"{where}.secret_file")
     text = message()
     if r.kind == "discord":
         return "discord_configs", {"webhook_url": secret, "title": TITLE, "message": text,
