@@ -46,10 +46,8 @@ TRAINGUARD="$(command -v trainguard || true)"
 # The Python trainguard is installed in (from its console script), to read the config.
 PYTHON="$(head -n1 "$TRAINGUARD" | sed 's/^#!//')"
 
-mkdir -p "$STATE/prometheus/data" "$STATE/alertmanager/data" "$STATE/alertmanager/secrets" "$STATE/logs"
+mkdir -p "$STATE/prometheus/data" "$STATE/alertmanager/data" "$STATE/logs"
 
-# Alertmanager: the shipped file, copied verbatim beside the token it names
-# (credentials_file: secrets/webhook-token, relative to the file).
 TOKEN_FILE="$("$PYTHON" -c 'import sys
 from trainguard.config import load_config
 c = load_config(sys.argv[1])
@@ -58,13 +56,13 @@ if [ "$REMEDIATOR" = 1 ] && [ ! -f "$TOKEN_FILE" ]; then
     echo "run-stack.sh: remediator.token_file is not set or missing in $CONFIG (trainguard init writes one)" >&2
     exit 2
 fi
-cp "$HERE/alertmanager/alertmanager.yml" "$STATE/alertmanager/alertmanager.yml"
-if [ -n "$TOKEN_FILE" ]; then
-    ln -sfn "$TOKEN_FILE" "$STATE/alertmanager/secrets/webhook-token"
-else  # no remediator: the webhook is never reached, but the config needs the file
-    : > "$STATE/alertmanager/secrets/webhook-token"
-    chmod 600 "$STATE/alertmanager/secrets/webhook-token"
-fi
+# Alertmanager: exactly what `trainguard alertmanager-config` makes of the config (the
+# remediator route plus the receivers of its notify: section), written 0600 into the
+# state folder: it may hold secrets (webhook URLs, bot tokens).
+am=(alertmanager-config --config "$CONFIG" --out "$STATE/alertmanager/alertmanager.yml"
+    --remediator-url http://127.0.0.1:9843/alerts)
+[ "$REMEDIATOR" = 1 ] || am+=(--no-remediator)
+"$TRAINGUARD" "${am[@]}" || exit 2
 
 # Prometheus: the shipped file as is, or (with --tunables) a copy whose tunables entry
 # points at the given file; nothing else changes.
