@@ -223,7 +223,7 @@ def document(config: Config, *, url: str | None = None, token_file: str | None =
     routes.append({
         "receiver": REPORTS, "matchers": [f'alertname="{REPORT_ALERT}"'],
         "group_by": ["training_job", "alertname", "incident"],
-        "group_wait": "5s", "group_interval": "1m", "repeat_interval": "8760h"})
+        "group_wait": "5s", "group_interval": "1m", "repeat_interval": "24h"})
     routes.append({"receiver": NOTIFY})
     receivers.append(_receiver(NOTIFY, config, reports=False, inline=inline_secrets))
     receivers.append(_receiver(REPORTS, config, reports=True, inline=inline_secrets))
