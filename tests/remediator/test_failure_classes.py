@@ -16,8 +16,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+import requests
 from helpers.common import wait_for
 from helpers.remediator import (
+    TOKEN,
     Run,
     job_tree_pids,
     kill_tree,
@@ -34,6 +36,14 @@ pytestmark = pytest.mark.slow
 def down_alert(run: Run) -> dict[str, object]:
     """TrainingProcessDown for a run that is gone, starting now (after any launch)."""
     return payload(run.name, alertname="TrainingProcessDown", starts=time.time())
+
+
+def down_alert_at(run: Run, starts_at: str) -> dict[str, object]:
+    """The same TrainingProcessDown delivered again (Alertmanager repeats it)."""
+    body = payload(run.name, alertname="TrainingProcessDown")
+    for alert in body["alerts"]:  # type: ignore[union-attr]
+        alert["startsAt"] = starts_at
+    return body
 
 
 def wait_dead(run: Run, timeout: float = 90) -> None:
@@ -58,7 +68,8 @@ def test_a_run_that_dies_at_start_with_a_missing_module_is_not_relaunched(
             assert client.post_alert(down_alert(run)).status_code == 202
             (inc,) = client.settled(run.name)
             # Delivered again (Alertmanager repeats a firing alert): still nothing.
-            client.post_alert(down_alert(run))
+            r = client.post_alert(down_alert_at(run, inc["starts_at"]))
+            assert r.json()["alerts"][0]["decision"] == "duplicate"
             time.sleep(1.5)
             text = client.metrics()
             incidents = client.incidents(run.name)
@@ -75,6 +86,21 @@ def test_a_run_that_dies_at_start_with_a_missing_module_is_not_relaunched(
         assert metric_value(text, "trainguard_remediator_failed_permanently",
                             training_job=run.name, **{"class": "configuration"},
                             cause="module-not-found") == 1
+
+        # The person installs the module and re-arms the job: the alert's next delivery
+        # starts the run again (from scratch: it never saved), and it trains.
+        lib = run.root / "sd-scripts" / "library"
+        lib.mkdir()
+        (lib / "__init__.py").write_text("")
+        (lib / "train_util.py").write_text("")
+        with thread_server(config) as client:
+            r = requests.post(f"{client.url}/api/jobs/{run.name}/reset", timeout=10,
+                              headers={"Authorization": f"Bearer {TOKEN}"})
+            assert r.status_code == 200
+            client.post_alert(down_alert_at(run, inc["starts_at"]))
+            wait_for(lambda: run.events("finish"), timeout=120, what="the fixed run to end")
+            (inc,) = client.settled(run.name)
+        assert inc["state"] == "done" and inc["outcome"] == "restarted", inc
     finally:
         kill_tree(job_tree_pids(run))
 
