@@ -145,7 +145,7 @@ def decide(f: Facts) -> Decision:
         return stop
     b = f.budget
     if len(f.launches) >= b.max_restarts:
-        last = f"; the last run's {f.failure.describe()}" if f.failure is not None else ""
+        last = f"; {f.failure.describe()}" if f.failure is not None else ""
         return GiveUp(f"restart budget spent: {len(f.launches)} restarts within "
                       f"{b.window_seconds:g}s (max_restarts {b.max_restarts}){last}")
     if f.launches:
@@ -199,10 +199,10 @@ def _failure_stop(f: Facts) -> FailPermanently | None:
     if fail.retries == 0:
         why = "a restart would fail the same way"
     else:
-        why = (f"it came back after trainguard relaunched the run {f.failure_relaunches} "
-               f"time(s) for the same kind of failure")
-    return FailPermanently(f"not relaunched: the run's {fail.describe()}; {why}. What to "
-                           f"do: {fail.todo}", fail)
+        why = (f"the same kind of failure came back after trainguard relaunched the run "
+               f"{f.failure_relaunches} time(s)")
+    return FailPermanently(f"not relaunched: {why}; {fail.describe()}. What to do: "
+                           f"{fail.todo}", fail)
 
 
 def _final_state(f: Facts) -> str | None:

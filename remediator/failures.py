@@ -262,9 +262,10 @@ class Failure:
     def describe(self) -> str:
         """One sentence: what was seen and what it means."""
         if self.cause is None:
-            seen = f"its log ends with {self.line!r}" if self.line else "its log is empty"
-            return f"{seen} ({self.what})"
-        return f"its log says {self.line!r}: {self.what} ({self.cls}: {self.cause})"
+            if not self.line:
+                return "the run's log is empty"
+            return f"the run's log ends with {self.line!r} ({self.what})"
+        return f"the run's log says {self.line!r}: {self.what} ({self.cls}: {self.cause})"
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
