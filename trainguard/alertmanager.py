@@ -215,7 +215,10 @@ def document(config: Config, *, url: str | None = None, token_file: str | None =
             http["authorization"]["credentials_file"] = token_file
         routes.append({
             "receiver": REMEDIATOR, "matchers": ['remediate="true"'],
-            "group_wait": "10s", "group_interval": "1m", "repeat_interval": "15m",
+            # As often as Alertmanager can: the remediator deduplicates per incident, and
+            # a stale notification log must not hold the next hang for long (the shipped
+            # file's comment says why).
+            "group_wait": "10s", "group_interval": "1m", "repeat_interval": "1m",
             "continue": True})
         receivers.append({"name": REMEDIATOR, "webhook_configs": [{
             "url": url or remediator_url(config), "send_resolved": True,

@@ -44,7 +44,10 @@ JOB = "live"
 TOKEN = "dashboard-test-token"
 # What Grafana substitutes with the datasource's timeInterval at 1 s: $__interval is at
 # least 1 s (2 s keeps two samples in a changes() window), $__rate_interval is 4 scrapes.
-GRAFANA_VARS = {"training_job": JOB, "__interval": "2s", "__rate_interval": "4s",
+# `host` is the Prometheus target label of a fleet (deploy/prometheus/prometheus.yml): this
+# test's targets carry one, and the run dashboard filters on it.
+HOST = "testhost"
+GRAFANA_VARS = {"training_job": JOB, "host": HOST, "__interval": "2s", "__rate_interval": "4s",
                 "__range": "5m", "__range_s": "300"}
 VAR_RE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
 LABEL_VALUES_RE = re.compile(r"^label_values\((.+),\s*(\w+)\)$")
@@ -137,9 +140,7 @@ def test_every_dashboard_query_returns_data(tmp_path: Path) -> None:
     train_env = {k: v for k, v in os.environ.items() if k != "FAKE_NVML_DIR"}
     train_env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     daemons: list[Daemon] = []
-    with open(log, "ab") as log_fh:
-        train = subprocess.Popen(train_cmd, cwd=tmp_path, env=train_env, stdout=log_fh,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+    train: subprocess.Popen[bytes] | None = None
     try:
         exporter = Daemon("exporter", [TRAINGUARD, "exporter", "--config", str(config)],
                           tmp_path / "exporter.log", f"http://127.0.0.1:{exporter_port}/healthz",
@@ -155,13 +156,22 @@ def test_every_dashboard_query_returns_data(tmp_path: Path) -> None:
             "rule_files": [str(FAST_TUNABLES), str(RULES)],
             "scrape_configs": [
                 {"job_name": "trainguard-exporter",
-                 "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]},
+                 "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"],
+                                     "labels": {"host": HOST}}]},
                 {"job_name": "trainguard-remediator",
-                 "static_configs": [{"targets": [f"127.0.0.1:{remediator_port}"]}]},
+                 "static_configs": [{"targets": [f"127.0.0.1:{remediator_port}"],
+                                     "labels": {"host": HOST}}]},
             ]})
         daemons.append(prometheus)
         for d in daemons:
             d.wait_ready()
+        # The trainer starts once the exporter has been scraped, so its steps are followed
+        # live and the rhythm series (seconds per step, longest gap) exist.
+        wait_for(lambda: prom_query(prom, 'up{job="trainguard-exporter"} == 1'),
+                 timeout=30, interval=0.2, what="a first scrape of the exporter")
+        with open(log, "ab") as log_fh:
+            train = subprocess.Popen(train_cmd, cwd=tmp_path, env=train_env, stdout=log_fh,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
 
         # One alert to the dry-run remediator: it records decisions, touches nothing.
         status, body = http_json(
@@ -207,6 +217,7 @@ def test_every_dashboard_query_returns_data(tmp_path: Path) -> None:
     finally:
         for d in reversed(daemons):
             d.stop()
-        if train.poll() is None:
-            os.killpg(train.pid, 9)
-        train.wait()
+        if train is not None:
+            if train.poll() is None:
+                os.killpg(train.pid, 9)
+            train.wait()
