@@ -61,7 +61,12 @@ from .store import Incident, Store
 log = logging.getLogger("remediator")
 
 POLL = 0.5
-ENV_SAMPLE_SECONDS = 30.0
+# How often each job's running environment is looked for.  A run that dies within
+# seconds of starting (a crash at its 12th step, an import error after accelerate's start)
+# must have been seen alive, or it is resumed in the remediator's environment instead of
+# its own; the pass is the incremental job match (trainguard.process) plus one
+# /proc/PID/environ read when a job's root changed, so it is cheap.
+ENV_SAMPLE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
