@@ -70,7 +70,8 @@ def test_misspelled_missing_and_doubled_records_are_each_named(tmp_path: Path) -
         "trainguard:tunable:stall_seconds?",
         f"{p}: no record trainguard:tunable:process_down_seconds, which TrainingProcessDown "
         "read(s): without it they never fire",
-        f"{p}: no record trainguard:tunable:stall_seconds, which TrainingStalled read(s): "
+        f"{p}: no record trainguard:tunable:stall_seconds, which "
+        "trainguard:job_stall_allowance_seconds, TrainingStalled read(s): "
         "without it they never fire",
     ], lines
 
