@@ -8,8 +8,9 @@ starts, so that a mistake costs one line and exit 2, never a traceback or half a
 
 ``prepare`` loads the trainguard config, checks the webhook token, checks a tunables file
 against the records the rules read, checks that every port is free, and only then writes
-``STATE/prometheus/prometheus.yml`` and ``STATE/alertmanager/alertmanager.yml`` (the
-shipped files with this stack's ports) and prints ``NAME=VALUE`` lines for the script.
+``STATE/prometheus/prometheus.yml`` (the shipped file with this stack's ports) and
+``STATE/alertmanager/alertmanager.yml`` (``trainguard alertmanager-config``'s output,
+0600: it may hold secrets) and prints ``NAME=VALUE`` lines for the script.
 ``check-tunables`` is the tunables check alone, for a tunables file used elsewhere
 (compose's ``TRAINGUARD_TUNABLES``, your own prometheus.yml).
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import errno
-import os
 import re
 import shutil
 import socket
@@ -36,14 +36,12 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 if TYPE_CHECKING:  # imported where used: check-tunables needs only yaml
-    from trainguard.config import Listen
+    from trainguard.config import Config, Listen
 
 HERE = Path(__file__).resolve().parent
 PROMETHEUS_YML = HERE / "prometheus" / "prometheus.yml"
 RULES_DIR = HERE / "prometheus" / "rules"
 SHIPPED_TUNABLES = RULES_DIR / "tunables.yml"
-ALERTMANAGER_YML = HERE / "alertmanager" / "alertmanager.yml"
-SHIPPED_WEBHOOK_URL = "http://127.0.0.1:9843/alerts"
 TUNABLE = re.compile(r"\btrainguard:tunable:([A-Za-z_][A-Za-z0-9_]*)")
 _RECORD_PREFIX = "trainguard:tunable:"
 
@@ -204,37 +202,35 @@ def write_prometheus_config(dst: Path, *, exporter: str, remediator: str,
                    encoding="utf-8")
 
 
-def write_alertmanager_config(folder: Path, *, remediator_url: str,
-                              token_file: Path | None) -> Path:
-    """Alertmanager's config for this stack, the one place run-stack.sh makes it.
+def alertmanager_config(config: Config, *, remediator_url: str, remediator: bool,
+                        alertmanager: str) -> str:
+    """Alertmanager's config for this stack, the one place run-stack.sh makes it: exactly
+    `trainguard alertmanager-config`'s output (trainguard.alertmanager: the remediator
+    route plus the receivers of the config's notify: section), with the webhook pointed
+    at this stack's remediator.  Its secrets are checked here (mode 0600, shape), before
+    anything starts; the remediator's reports must reach this stack's Alertmanager."""
+    from trainguard.alertmanager import NotifyError, render
 
-    Today: the shipped alertmanager.yml with the webhook pointed at this stack's
-    remediator, and the token linked beside it as secrets/webhook-token (its
-    credentials_file is relative to the config's folder).  When `trainguard
-    alertmanager-config --config FILE` exists (issue 13), this writes its output instead.
-    """
-    text = ALERTMANAGER_YML.read_text(encoding="utf-8")
-    if text.count(SHIPPED_WEBHOOK_URL) != 1:
-        raise Refusal(f"{ALERTMANAGER_YML}: expected the webhook URL {SHIPPED_WEBHOOK_URL} "
-                      "exactly once")
-    secrets = folder / "secrets"
-    secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
-    link = secrets / "webhook-token"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    if token_file is not None:
-        link.symlink_to(token_file)
-    else:  # no remediator: the webhook is never called, but the file must exist
-        fd = os.open(link, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.close(fd)
-    dst = folder / "alertmanager.yml"
-    dst.write_text(text.replace(SHIPPED_WEBHOOK_URL, remediator_url), encoding="utf-8")
-    return dst
+    problems = []
+    if config.notify is not None and \
+            config.notify.alertmanager_url.rstrip("/") != f"http://{alertmanager}":
+        problems.append(f"{config.path}: notify.alertmanager_url is "
+                        f"{config.notify.alertmanager_url}, but this stack's Alertmanager "
+                        f"listens on {alertmanager}: set notify.alertmanager_url: "
+                        f"http://{alertmanager} (the remediator sends its reports there)")
+    try:
+        text = render(config, url=remediator_url, remediator=remediator)
+    except NotifyError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise Refusal("\n".join(problems))
+    return text
 
 
 # --------------------------------------------------------------------------- commands
 def prepare(args: argparse.Namespace) -> list[str]:
     """Check everything, then write the files; the ``NAME=VALUE`` lines for the script."""
+    from trainguard.alertmanager import write_private
     from trainguard.config import ConfigError, Listen, load_config
 
     try:
@@ -261,18 +257,22 @@ def prepare(args: argparse.Namespace) -> list[str]:
     if not args.no_remediator:
         ports.append(Port("the remediator", remediator, f"set remediator.listen in {where}"))
     problems += port_problems(ports)
+    alertmanager = str(Listen("127.0.0.1", args.alertmanager_port))
+    try:
+        am_text = alertmanager_config(config, remediator_url=f"http://{_target(remediator)}"
+                                      "/alerts", remediator=not args.no_remediator,
+                                      alertmanager=alertmanager)
+    except Refusal as exc:
+        problems.append(str(exc))
     if problems:
         raise Refusal("\n".join(problems))
-    alertmanager = str(Listen("127.0.0.1", args.alertmanager_port))
     if not args.check_only:
         state = Path(args.state)
         (state / "prometheus").mkdir(parents=True, exist_ok=True)
         write_prometheus_config(state / "prometheus" / "prometheus.yml",
                                 exporter=_target(exporter), remediator=_target(remediator),
                                 alertmanager=alertmanager, tunables=tunables)
-        write_alertmanager_config(state / "alertmanager",
-                                  remediator_url=f"http://{_target(remediator)}/alerts",
-                                  token_file=None if args.no_remediator else token)
+        write_private(state / "alertmanager" / "alertmanager.yml", am_text)
     return [f"EXPORTER={_target(exporter)}", f"REMEDIATOR={_target(remediator)}"]
 
 

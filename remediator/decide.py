@@ -12,6 +12,13 @@ The order, and why:
 1. the alert resolved (incident cancelled) -> nothing;
 2. paused by a person -> nothing: a run stopped on purpose stays stopped;
 3. gave up already -> nothing (a person must ``reset``);
+3b. the run is gone and its log says it failed in a way a restart repeats
+   (remediator.failures: a configuration error; a resources or resume error that came
+   back after trainguard's one retry) -> not relaunched (``failed_permanently``), the
+   person is told the error line and what to fix.  Before the budget: a run that fails
+   at start should be reported as what it is, not as "budget spent".  Not when the run
+   completed, the alert is stale, or a person re-armed the job after that failure
+   (``trainguard remediator reset``: they say they fixed it);
 4. restart budget: ``max_restarts`` launches within ``window_seconds`` -> give up;
    otherwise wait out the backoff (``backoff_seconds`` doubled per launch in the
    window).  Waiting, not skipping: Alertmanager will not send this alert as new again;
@@ -35,6 +42,7 @@ from dataclasses import dataclass
 
 from trainguard.process import JobProcess
 
+from .failures import Failure
 from .prepare import Prepared, Refusal
 
 
@@ -66,6 +74,13 @@ class Facts:
     saving_since: float | None          # when this incident began waiting for that save
     resume: Prepared | Refusal          # the resume, proven possible, or why not
     budget: Budget
+    # How the run ended, from its log (only when none of its processes lives).
+    failure: Failure | None = None
+    # Earlier incidents in the budget window whose run died of the same class and that
+    # trainguard relaunched (remediator.store.failure_relaunches).
+    failure_relaunches: int = 0
+    # When a person last re-armed the job (reset); a failure older than that is theirs.
+    rearmed_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -92,13 +107,21 @@ class Refuse:
 
 
 @dataclass(frozen=True)
+class FailPermanently:
+    """Not relaunched: the failure would repeat; a person must fix its cause."""
+
+    reason: str
+    failure: Failure
+
+
+@dataclass(frozen=True)
 class Act:
     kill: tuple[JobProcess, ...]
     resume: Prepared
     note: str                # e.g. that a save was waited for and treated as dead
 
 
-Decision = Skip | Wait | GiveUp | Refuse | Act
+Decision = Skip | Wait | GiveUp | Refuse | FailPermanently | Act
 
 
 def _fmt(ts: float | None) -> str:
@@ -117,10 +140,14 @@ def decide(f: Facts) -> Decision:
     if f.gave_up:
         return Skip(f"gave up earlier ({f.gave_up_reason}); run `trainguard remediator reset "
                     f"{f.job}` to re-arm", state="gave_up")
+    stop = _failure_stop(f)
+    if stop is not None:
+        return stop
     b = f.budget
     if len(f.launches) >= b.max_restarts:
+        last = f"; {f.failure.describe()}" if f.failure is not None else ""
         return GiveUp(f"restart budget spent: {len(f.launches)} restarts within "
-                      f"{b.window_seconds:g}s (max_restarts {b.max_restarts})")
+                      f"{b.window_seconds:g}s (max_restarts {b.max_restarts}){last}")
     if f.launches:
         backoff = b.backoff_seconds * 2 ** (len(f.launches) - 1)
         until = f.launches[-1] + backoff
@@ -153,6 +180,29 @@ def decide(f: Facts) -> Decision:
     if isinstance(f.resume, Refusal):
         return Refuse(f.resume.reason)
     return Act(f.processes, f.resume, note)
+
+
+def _failure_stop(f: Facts) -> FailPermanently | None:
+    """Stop relaunching a run whose failure a restart repeats (see the module doc, 3b)."""
+    fail = f.failure
+    if fail is None or fail.retries is None or f.processes or f.completed:
+        return None
+    if _final_state(f) is not None:
+        return None
+    if f.alert_started is not None and f.last_process_start is not None \
+            and f.alert_started < f.last_process_start:
+        return None  # stale: decided by the stale rule below
+    if fail.at and fail.at < f.rearmed_at:
+        return None  # a person re-armed the job after this failure
+    if f.failure_relaunches < fail.retries:
+        return None
+    if fail.retries == 0:
+        why = "a restart would fail the same way"
+    else:
+        why = (f"the same kind of failure came back after trainguard relaunched the run "
+               f"{f.failure_relaunches} time(s)")
+    return FailPermanently(f"not relaunched: {why}; {fail.describe()}. What to do: "
+                           f"{fail.todo}", fail)
 
 
 def _final_state(f: Facts) -> str | None:

@@ -11,8 +11,10 @@ job's processes by the one job rule, completion, saves in progress, and the resu
 *prepared* by :mod:`remediator.prepare`), :func:`~remediator.decide.decide`, then:
 
 * ``Wait``: sleep (a resolved alert cancels the wait), then a new round;
-* ``Skip`` / ``GiveUp`` / ``Refuse``: record why, one log line, done.  A refusal signals
-  nothing: the run is left as it is and a person is told (metric, status page, API);
+* ``Skip`` / ``GiveUp`` / ``Refuse`` / ``FailPermanently``: record why, one log line,
+  done.  A refusal signals nothing: the run is left as it is and a person is told
+  (metric, status page, API, report); a run whose log shows a failure a restart would
+  repeat (remediator.failures) is not relaunched;
 * ``Act``: everything the resume needs was proven before this point.  Evidence, kill the
   job's own live processes, read the checkpoints again and confirm the choice, repair if
   the run's environment needs it, write the resumed copy, start it in the run's own
@@ -49,8 +51,9 @@ from trainguard.ledger import Resume, ResumeLedger
 from trainguard.process import JobProcess, ProcessMatcher, alive, environment_of
 from trainguard.progress import LogFollower, job_completed
 
+from . import failures, report
 from . import prepare as prep
-from .decide import Act, Budget, Facts, GiveUp, Refuse, Skip, Wait, decide
+from .decide import Act, Budget, Facts, FailPermanently, GiveUp, Refuse, Skip, Wait, decide
 from .execute import executor_for, leftovers
 from .runenv import RunEnv, fallback, redacted
 from .store import Incident, Store
@@ -58,7 +61,12 @@ from .store import Incident, Store
 log = logging.getLogger("remediator")
 
 POLL = 0.5
-ENV_SAMPLE_SECONDS = 30.0
+# How often each job's running environment is looked for.  A run that dies within
+# seconds of starting (a crash at its 12th step, an import error after accelerate's start)
+# must have been seen alive, or it is resumed in the remediator's environment instead of
+# its own; the pass is the incremental job match (trainguard.process) plus one
+# /proc/PID/environ read when a job's root changed, so it is cheap.
+ENV_SAMPLE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -101,11 +109,17 @@ class Remediator:
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._busy: dict[str, int | None] = {j.name: None for j in config.jobs}
+        # People hear of each decision through Alertmanager (remediator.report), when the
+        # config says who they are.
+        self.reporter = (report.Reporter(config.notify.alertmanager_url)
+                         if config.notify is not None else None)
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         self._announce()
+        if self.reporter is not None:
+            self.reporter.start()
         for job in self.config.jobs:
             q: queue.Queue[int | None] = queue.Queue()
             t = threading.Thread(target=self._worker, args=(job, q),
@@ -157,6 +171,8 @@ class Remediator:
             q.put(None)
         for t in self._threads:
             t.join(timeout)
+        if self.reporter is not None:
+            self.reporter.stop(timeout)
 
     def busy(self, job: str) -> int | None:
         """The incident a job's worker is handling now, if any."""
@@ -214,6 +230,14 @@ class Remediator:
                          job.name, alert.alertname, inc.id, _fmt(inc.updated))
                 self._queues[job.name].put(inc.id)
                 return "rechecking"
+            # A person re-armed the job after the run failed for good: they say they
+            # fixed the cause, so the next delivery is looked at again.
+            if inc.state == "failed_permanently" and js.budget_since > inc.updated and \
+                    self.store.set_state(inc.id, "queued", only_from=("failed_permanently",)):
+                log.info("%s: %s delivered again after a reset; incident %d had failed for "
+                         "good, looking again", job.name, alert.alertname, inc.id)
+                self._queues[job.name].put(inc.id)
+                return "rechecking"
             return "duplicate"
         log.info("%s: new incident %d for %s (started %s): queued", job.name, inc.id,
                  alert.alertname, _fmt(alert.starts_ts))
@@ -248,6 +272,26 @@ class Remediator:
         self.store.record(job.name, inc.id, action, outcome, detail)
 
     def _handle(self, job: JobConfig, incident_id: int) -> None:
+        try:
+            self._decide_and_act(job, incident_id)
+        finally:
+            self._report(job, incident_id)
+
+    def _report(self, job: JobConfig, incident_id: int) -> None:
+        """Tell people what was decided (once per outcome and reason)."""
+        if self.reporter is None:
+            return
+        inc = self.store.get_incident(incident_id)
+        if inc is None:
+            return
+        alert = report.build(self.config, job, inc)
+        sig = report.signature(inc)
+        if alert is None or (inc.evidence or {}).get("reported") == sig:
+            return
+        self.store.add_evidence(inc.id, "reported", sig)
+        self.reporter.send(alert)
+
+    def _decide_and_act(self, job: JobConfig, incident_id: int) -> None:
         inc = self.store.get_incident(incident_id)
         if inc is None or inc.state not in ("queued", "waiting", "acting"):
             return
@@ -256,6 +300,7 @@ class Remediator:
         while True:
             cur = self.store.get_incident(inc.id) or inc
             facts = self.facts(job, cur, saving_since)
+            self._classified(job, cur, facts.failure)
             d = decide(facts)
             if isinstance(d, Wait):
                 if d.kind == "saving" and saving_since is None:
@@ -290,9 +335,24 @@ class Remediator:
                 self._note(job, inc, "refuse", "refused",
                            f"{d.reason}; nothing was signalled, the run is as it was")
                 self.store.set_state(inc.id, "refused", outcome="refused", reason=d.reason)
+            elif isinstance(d, FailPermanently):
+                self._note(job, inc, "stop", "failed_permanently", d.reason)
+                self.store.set_state(inc.id, "failed_permanently",
+                                     outcome="failed_permanently", reason=d.reason)
             else:
                 self._act(job, inc, d)
             return
+
+    def _classified(self, job: JobConfig, inc: Incident,
+                    failure: failures.Failure | None) -> None:
+        """Record how the incident's run ended, once per change (audit row, log line)."""
+        if failure is None or (inc.failure_class, inc.failure_cause, inc.failure_line) == \
+                (failure.cls, failure.cause, failure.line):
+            return
+        self.store.set_failure(inc.id, failure.cls, failure.cause, failure.line)
+        self._note(job, inc, "classify", failure.cls,
+                   f"the run is gone and {failure.describe()} (read from the end of "
+                   f"{failure.log})")
 
     def facts(self, job: JobConfig, inc: Incident, saving_since: float | None) -> Facts:
         """Everything :func:`decide` looks at, read now."""
@@ -307,15 +367,20 @@ class Remediator:
         resume = prep.prepare(job, run_env, restart_from_scratch=rc.restart_from_scratch,
                               writing_fresh_seconds=self.config.exporter.writing_fresh_seconds,
                               can_repair=self.can_repair, ledger=self.store.ledger(job.name))
+        completed = job_completed(job, progress, bool(procs))
+        failure = failures.classify_log(job) if not procs and not completed else None
+        relaunches = 0 if failure is None else self.store.failure_relaunches(
+            job.name, failure.cls, since, inc.id)
         return Facts(
             now=now, job=job.name, incident_state=inc.state, alert_started=inc.starts_ts,
             paused=js.paused, paused_reason=js.paused_reason, gave_up=js.gave_up,
             gave_up_reason=js.gave_up_reason, last_process_start=js.last_process_start,
             launches=tuple(self.store.launches_since(job.name, since)),
-            processes=tuple(procs), completed=job_completed(job, progress, bool(procs)),
+            processes=tuple(procs), completed=completed,
             writing=self._writing(job), saving_since=saving_since, resume=resume,
             budget=Budget(rc.budget.max_restarts, rc.budget.window_seconds,
-                          rc.budget.backoff_seconds, rc.saving_wait_seconds))
+                          rc.budget.backoff_seconds, rc.saving_wait_seconds),
+            failure=failure, failure_relaunches=relaunches, rearmed_at=js.budget_since)
 
     def _wait(self, inc: Incident, seconds: float, until: Any = None) -> None:
         """Sleep up to ``seconds`` (or until ``until()``), raising Cancelled if resolved."""

@@ -14,7 +14,11 @@ and stayed dead.  Here everything the resume needs is established first:
   here) is never silently replaced by a restart from scratch: that is a refusal;
 * the flags the resumed command gets (the trainer profile's), the resumed copy rendered
   in memory (so the script has a training command we can edit), its folder writable,
-  the log writable.
+  the log writable;
+* room for one more save: the output folder's filesystem has at least the chosen
+  checkpoint's bytes free (trainguard.disk).  A resume into a disk that cannot hold the
+  next save dies at that save and may leave a half-written checkpoint (seed 001), after
+  the running (or dead) run was already stopped for it.
 
 The result is a :class:`Prepared` (what the executor will do) or a :class:`Refusal`
 (one sentence for a person).  After the kill, :func:`confirm` reads the checkpoint list
@@ -33,7 +37,9 @@ from typing import Any
 
 from trainguard import trainers
 from trainguard.checkpoint import CheckpointInfo, compat, inspect_checkpoint, list_checkpoints
+from trainguard.checkpoint.scanner import checkpoint_bytes
 from trainguard.config import JobConfig
+from trainguard.disk import available_bytes, human_bytes
 from trainguard.ledger import ResumeLedger
 from trainguard.script import ScriptError, read_script
 
@@ -256,7 +262,26 @@ def prepare(job: JobConfig, run_env: RunEnv, *, restart_from_scratch: bool,
     env.update(cand.env_fixes)
     if script_error is not None:
         return Refusal(f"cannot add the resume flag: {script_error}")
+    full = disk_too_full(job, cand.info)
+    if full is not None:
+        return full
     return _render(job, cand, words, ledger, env, base)
+
+
+def disk_too_full(job: JobConfig, info: CheckpointInfo) -> Refusal | None:
+    """A refusal when the output filesystem cannot hold one more save like ``info``."""
+    need = checkpoint_bytes(info.path)
+    try:
+        free = available_bytes(job.output_dir)
+    except OSError:
+        return None  # cannot ask: the run's own save will tell
+    if not need or free >= need:
+        return None
+    return Refusal(f"the disk of {job.output_dir} has {human_bytes(free)} free, less than "
+                   f"one more save needs ({human_bytes(need)}, the size of {info.name}): the "
+                   "resumed run would die at its next save and could leave a half-written "
+                   "checkpoint; free space there (the next delivery of the alert looks "
+                   "again)")
 
 
 def _render(job: JobConfig, cand: Candidate, words: Sequence[str] | None,

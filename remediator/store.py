@@ -22,6 +22,10 @@ Incident states (``state``):
 * ``refused``   the resume could not be prepared, so nothing was signalled; ``reason``
                 says why.  A later delivery of the same alert re-checks it (the person
                 may have fixed the cause meanwhile)
+* ``failed_permanently``  the run is gone and its log shows a failure a restart would
+                repeat (remediator.failures): not relaunched; ``reason`` has the error
+                line and what to fix.  A delivery after ``trainguard remediator reset``
+                re-checks it.
 * ``ignored``   the alert named no configured job (kept so misrouting is visible)
 
 The file holds command lines and the runs' environments (which may carry tokens): it is
@@ -46,7 +50,7 @@ from typing import Any
 
 from trainguard.ledger import Resume, ResumeLedger
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 OPEN_STATES = ("queued", "waiting", "acting")
 
@@ -95,6 +99,12 @@ _JOB_COLUMNS_V2 = {"paused": "INTEGER NOT NULL DEFAULT 0", "paused_reason": "TEX
                    "run_env_at": "REAL", "ledger": "TEXT"}
 
 
+# Columns added in version 3: how the incident's run ended (remediator.failures), so the
+# one retry of a resources/resume failure is counted across incidents.
+_INCIDENT_COLUMNS_V3 = {"failure_class": "TEXT", "failure_cause": "TEXT",
+                        "failure_line": "TEXT"}
+
+
 class StoreError(Exception):
     """The state file cannot be opened or written; the receiver answers 503 on this."""
 
@@ -114,6 +124,9 @@ class Incident:
     updated: float
     deliveries: int
     evidence: dict[str, Any] | None
+    failure_class: str | None = None   # remediator.failures class of the dead run
+    failure_cause: str | None = None   # the table row
+    failure_line: str | None = None    # the error line
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -122,6 +135,9 @@ class Incident:
             "state": self.state, "outcome": self.outcome, "reason": self.reason,
             "created": self.created, "updated": self.updated,
             "deliveries": self.deliveries, "evidence": self.evidence,
+            "failure": None if self.failure_class is None else {
+                "class": self.failure_class, "cause": self.failure_cause,
+                "line": self.failure_line},
         }
 
 
@@ -163,7 +179,8 @@ def _incident(row: sqlite3.Row) -> Incident:
         starts_ts=row["starts_ts"], fingerprint=row["fingerprint"], state=row["state"],
         outcome=row["outcome"], reason=row["reason"], created=row["created"],
         updated=row["updated"], deliveries=row["deliveries"],
-        evidence=json.loads(ev) if ev else None,
+        evidence=json.loads(ev) if ev else None, failure_class=row["failure_class"],
+        failure_cause=row["failure_cause"], failure_line=row["failure_line"],
     )
 
 
@@ -195,6 +212,10 @@ class Store:
                 for column, kind in _JOB_COLUMNS_V2.items():
                     if column not in have:
                         db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+                have = {r["name"] for r in db.execute("PRAGMA table_info(incidents)")}
+                for column, kind in _INCIDENT_COLUMNS_V3.items():
+                    if column not in have:
+                        db.execute(f"ALTER TABLE incidents ADD COLUMN {column} {kind}")
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
                            (str(SCHEMA_VERSION),))
             for suffix in ("-wal", "-shm"):
@@ -298,6 +319,20 @@ class Store:
             ev[key] = value
             db.execute("UPDATE incidents SET evidence=?, updated=? WHERE id=?",
                        (json.dumps(ev), time.time(), incident_id))
+
+    def set_failure(self, incident_id: int, cls: str, cause: str | None, line: str) -> None:
+        """Record how the incident's run ended (remediator.failures)."""
+        with self._tx() as db:
+            db.execute("UPDATE incidents SET failure_class=?, failure_cause=?, failure_line=?"
+                       " WHERE id=?", (cls, cause, line, incident_id))
+
+    def failure_relaunches(self, job: str, cls: str, since: float, exclude: int) -> int:
+        """Earlier incidents since ``since`` whose run died of ``cls`` and that trainguard
+        relaunched: the retries a resources/resume failure has had."""
+        rows = self._read("SELECT COUNT(*) AS n FROM incidents WHERE job=? AND "
+                          "failure_class=? AND created >= ? AND id != ? AND outcome IN "
+                          "('resumed','restarted')", (job, cls, since, exclude))
+        return int(rows[0]["n"])
 
     def incidents(self, limit: int = 100, job: str | None = None) -> list[Incident]:
         if job is None:
@@ -410,6 +445,13 @@ class Store:
                           "('queued','waiting','acting','ignored') ORDER BY id DESC LIMIT 1",
                           (job,))
         return (rows[0]["state"], rows[0]["reason"]) if rows else None
+
+    def latest_decided(self, job: str) -> Incident | None:
+        """The job's most recent incident that was decided (as :meth:`latest_outcome`)."""
+        rows = self._read("SELECT * FROM incidents WHERE job=? AND state NOT IN "
+                          "('queued','waiting','acting','ignored') ORDER BY id DESC LIMIT 1",
+                          (job,))
+        return _incident(rows[0]) if rows else None
 
     def update_job(self, job: str, **fields: Any) -> None:
         allowed = {"gave_up", "gave_up_reason", "last_remediation", "last_process_start",

@@ -2,6 +2,7 @@
 # Installs everything trainguard's tests and demo need on a bare Debian/Ubuntu machine:
 # the Prometheus and Alertmanager binaries (Debian packages, also promtool/amtool),
 # docker-compose (only to validate the compose file), gcc (builds the fake NVML library),
+# chromium (the status page is checked in a real headless browser),
 # and a virtual environment in .venv with trainguard and its torch extra.
 # Safe to run again: every step checks first.
 set -euo pipefail
@@ -9,7 +10,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pair in prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
-            amtool:prometheus-alertmanager docker-compose:docker-compose gcc:gcc; do
+            amtool:prometheus-alertmanager docker-compose:docker-compose gcc:gcc \
+            chromium:chromium; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -22,6 +22,11 @@ Decisions:
   alone watches but never rescues), a warning when the script lacks ``--save_state``
   (without saved state every rescue restarts at step 0), and how long the shipped
   thresholds take to act, since nobody expects a hung run to sit for ten minutes.
+* ``--notify KIND=SECRET_FILE[,key=value...]`` (repeatable) writes the ``notify:``
+  section: the secret stays in its file (checked now: mode 0600, the shape of a webhook
+  URL or a bot token), the config only names the file.  Telegram needs ``chat_id=``,
+  e-mail ``to=``, ``from=`` and ``smarthost=HOST:PORT`` (``username=`` optional): one
+  command, no file to edit afterwards.
 """
 
 from __future__ import annotations
@@ -34,10 +39,11 @@ import re
 import secrets
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trainguard.config import JOB_NAME_RE, load_config
+from trainguard.config import JOB_NAME_RE, NOTIFY_KINDS, Receiver, load_config
 from trainguard.default_config import DEFAULT_NAME as CONFIG_NAME
 from trainguard.script import ScriptError, flag_value, has_flag, read_script
 
@@ -77,13 +83,19 @@ def register(registry: CommandRegistry) -> None:
                    help="the run's folder, e.g. /workspace/fluxgym/outputs/my-lora")
     p.add_argument("--out", metavar="FILE", default=None,
                    help=f"where to write the config (default: FluxGym root/{CONFIG_NAME})")
+    p.add_argument("--notify", metavar="KIND=SECRET_FILE", action="append", default=[],
+                   help=f"tell people through KIND ({', '.join(NOTIFY_KINDS)}); SECRET_FILE "
+                        "holds the webhook URL, bot token or SMTP password (mode 0600). "
+                        "telegram needs ,chat_id=ID; email ,to=ADDR,from=ADDR,"
+                        "smarthost=HOST:PORT[,username=USER]")
     p.set_defaults(handler=_handler)
 
 
 def _handler(args: argparse.Namespace) -> int:
     try:
+        notify = [parse_notify(text) for text in args.notify]
         for line in init_config(Path(args.output_dir), None if args.out is None
-                                else Path(args.out)):
+                                else Path(args.out), notify=notify):
             print(line)
     except InitError as exc:
         print(f"trainguard: init: {exc}", file=sys.stderr)
@@ -173,7 +185,63 @@ def _write_token(path: Path) -> bool:
     return True
 
 
-def init_config(output_dir: Path, out: Path | None = None) -> list[str]:
+_NOTIFY_OPTIONS = {"telegram": {"chat_id"}, "email": {"to", "from", "smarthost", "username"},
+                   "slack": {"channel"}, "discord": set(), "webhook": set()}
+_NOTIFY_NEEDS = {"telegram": ("chat_id",), "email": ("to", "from", "smarthost")}
+
+
+def parse_notify(text: str) -> dict[str, str]:
+    """``KIND=SECRET_FILE[,key=value...]`` -> the receiver's keys (secret_file absolute).
+    The secret file is read and checked here (trainguard.alertmanager.secret_of)."""
+    from trainguard.alertmanager import NotifyError, secret_of
+
+    head, *rest = text.split(",")
+    kind, sep, file = head.partition("=")
+    if not sep or kind not in NOTIFY_KINDS or not file:
+        raise InitError(f"--notify {text!r}: expected KIND=SECRET_FILE with KIND one of "
+                        f"{', '.join(NOTIFY_KINDS)}")
+    out = {"kind": kind, "secret_file": str(Path(file).expanduser().absolute())}
+    for item in rest:
+        key, sep, value = item.partition("=")
+        if not sep or key not in _NOTIFY_OPTIONS[kind] or not value:
+            allowed = ", ".join(sorted(_NOTIFY_OPTIONS[kind])) or "none"
+            raise InitError(f"--notify {text!r}: {item!r} is not an option of {kind} "
+                            f"(options: {allowed}); the secret goes in the file, never here")
+        out[key] = value
+    missing = [k for k in _NOTIFY_NEEDS.get(kind, ()) if k not in out]
+    if missing:
+        raise InitError(f"--notify {text!r}: {kind} needs "
+                        f"{', '.join(k + '=...' for k in missing)}")
+    if kind == "telegram" and not re.fullmatch(r"-?\d+", out["chat_id"]):
+        raise InitError(f"--notify {text!r}: chat_id must be a number, got {out['chat_id']!r}")
+    try:
+        secret_of(Receiver(kind=kind, secret_file=Path(out["secret_file"])), "--notify")
+    except NotifyError as exc:
+        raise InitError(str(exc)) from None
+    return out
+
+
+def _notify_section(notify: list[dict[str, str]], rel: Callable[[Path], str]) -> str:
+    if not notify:
+        return ""
+    lines = ["notify:",
+             "  # Who hears about alerts and about what trainguard decided and why.  Run",
+             "  # Alertmanager on `trainguard alertmanager-config --config THIS_FILE` output",
+             "  # (deploy/run-stack.sh does).  Secrets stay in their files (mode 0600).",
+             "  receivers:"]
+    for n in notify:
+        lines.append(f"    - kind: {n['kind']}")
+        lines.append(f"      secret_file: {rel(Path(n['secret_file']))}")
+        for key in ("channel", "to", "from", "smarthost", "username"):
+            if key in n:
+                lines.append(f"      {key}: {json.dumps(n[key])}")
+        if "chat_id" in n:
+            lines.append(f"      chat_id: {int(n['chat_id'])}")
+    return "\n".join(lines) + "\n"
+
+
+def init_config(output_dir: Path, out: Path | None = None, *,
+                notify: list[dict[str, str]] | None = None) -> list[str]:
     """Write the config; return the lines to show the user.  Raises :class:`InitError`."""
     output_dir = output_dir.expanduser().resolve()
     if not output_dir.is_dir():
@@ -227,7 +295,7 @@ def init_config(output_dir: Path, out: Path | None = None) -> list[str]:
         "remediator:\n"
         "  listen: 127.0.0.1:9843\n"
         f"  token_file: {q(token)}\n"
-    )
+    ) + _notify_section(notify or [], q)
     base.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -247,6 +315,9 @@ def init_config(output_dir: Path, out: Path | None = None) -> list[str]:
                  f"| tee -a {shlex.quote(rel_log)}")
     else:
         start = f'cd /d "{root}" && call "{rel_script}" >> "{rel_log}" 2>&1'
+    if notify:
+        lines.append(f"people hear through: {', '.join(n['kind'] for n in notify)} (the "
+                     "secrets stay in their files)")
     lines += ["FluxGym writes no log file; start the run with its output kept where "
               "trainguard reads progress:", f"  {start}",
               "then start the watch-and-rescue stack (Prometheus, Alertmanager, exporter, "

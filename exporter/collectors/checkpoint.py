@@ -10,6 +10,9 @@ status label (0 when none), so a rule on ``{status="invalid"} > 0`` never sees a
 appear from nowhere; latest step and timestamp are 0 while no usable checkpoint exists.
 ``trainguard_checkpoint_writing`` is 1 while a save is in progress, which the alert rules
 use to stay quiet: a save looks exactly like an idle hang (DESIGN.md §4).
+``trainguard_checkpoint_latest_size_bytes`` is the newest usable checkpoint's bytes, from
+the scanner's own stat pass (no walk of its own): what the next save will need, for
+TrainingDiskLow.
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ class CheckpointCollector:
                                    labels=["training_job", "status"])
         writing = GaugeMetricFamily("trainguard_checkpoint_writing",
                                     "1 while a checkpoint save is in progress.", labels=jl)
+        size = GaugeMetricFamily("trainguard_checkpoint_latest_size_bytes",
+                                 "Bytes of the newest usable checkpoint (what the next save "
+                                 "needs); 0 when none.", labels=jl)
         errors: list[str] = []
         for job in self._jobs:
             try:
@@ -69,11 +75,13 @@ class CheckpointCollector:
             latest = next((i for i in infos if i.usable), None)
             step.add_metric([job], float(latest.step or 0) if latest else 0.0)
             stamp.add_metric([job], latest.mtime if latest else 0.0)
+            nbytes = self._scanners[job].size(latest) if latest else None
+            size.add_metric([job], float(nbytes or 0))
             for status in Status:
                 counts.add_metric([job, status.value],
                                   float(sum(1 for i in infos if i.status is status)))
             busy = any(i.status is Status.WRITING for i in infos)
             writing.add_metric([job], 1.0 if busy else 0.0)
-        yield from (step, stamp, counts, writing)
+        yield from (step, stamp, counts, writing, size)
         if errors:
             raise OSError("; ".join(errors))

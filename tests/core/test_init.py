@@ -196,3 +196,58 @@ def test_detection_times_match_the_shipped_files(tmp_path: Path,
     assert "--tunables FILE" in out
     readme = " ".join((REPO / "README.md").read_text().split())
     assert summary.lower() in readme.lower(), "README.md must state the shipped detection times"
+
+
+def test_notify_receivers_are_written_with_their_secrets_left_in_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`trainguard init --notify KIND=SECRET_FILE`: one command, the secret never copied."""
+    run = fluxgym(tmp_path)
+    root = run.parent.parent
+    secrets = root / "secrets"
+    secrets.mkdir()
+    files = {"discord": "https://discord.com/api/webhooks/1/abc-SECRET",
+             "telegram": "123456:SECRET-token", "email": "SECRET password"}
+    for name, text in files.items():
+        (secrets / name).write_text(text + "\n")
+        (secrets / name).chmod(0o600)
+    code, out, err = cli(["init", str(run),
+                          "--notify", f"discord={secrets / 'discord'}",
+                          "--notify", f"telegram={secrets / 'telegram'},chat_id=-100123",
+                          "--notify", f"email={secrets / 'email'},to=me@example.org,"
+                                      "from=tg@example.org,smarthost=smtp.example.org:587"],
+                         capsys)
+    assert code == 0, err
+    assert "people hear through: discord, telegram, email" in out
+    text = (root / "trainguard.yaml").read_text()
+    assert "SECRET" not in text
+    cfg = load_config(root / "trainguard.yaml")
+    assert cfg.notify is not None
+    d, t, e = cfg.notify.receivers
+    assert (d.kind, d.secret_file) == ("discord", (secrets / "discord").resolve())
+    assert (t.kind, t.chat_id) == ("telegram", -100123)
+    assert (e.kind, e.to, e.sender, e.smarthost) == ("email", "me@example.org",
+                                                     "tg@example.org", "smtp.example.org:587")
+    # The written config makes a valid Alertmanager config.
+    from trainguard.alertmanager import render
+
+    assert "discord_configs" in render(cfg)
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("pager=/x", "expected KIND=SECRET_FILE"),
+    ("discord", "expected KIND=SECRET_FILE"),
+    ("telegram={f}", "telegram needs chat_id=..."),
+    ("telegram={f},chat_id=abc", "chat_id must be a number"),
+    ("discord={f},webhook_url=https://x", "the secret goes in the file, never here"),
+    ("discord={f}", "readable by other users"),
+    ("discord=/nonexistent/secret", "cannot read"),
+])
+def test_bad_notify_arguments_write_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            arg: str, message: str) -> None:
+    run = fluxgym(tmp_path)
+    f = tmp_path / "open-secret"
+    f.write_text("https://discord.com/api/webhooks/1/abc\n")
+    f.chmod(0o644)
+    code, _out, err = cli(["init", str(run), "--notify", arg.format(f=f)], capsys)
+    assert code == 2 and message in err, err
+    assert not (run.parent.parent / "trainguard.yaml").exists()

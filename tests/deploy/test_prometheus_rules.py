@@ -13,7 +13,7 @@ from deploy_testlib import FAST_TUNABLES, PROMETHEUS_DIR, RULES, TUNABLES, run_t
 REMEDIATING = {"TrainingGPUIdle", "TrainingStalled", "TrainingProcessDown"}
 NOTIFY_ONLY = {"TrainingCheckpointInvalid", "TrainingCheckpointStale",
                "TrainingRemediationGaveUp", "TrainingRemediationRefused",
-               "TrainguardExporterDown"}
+               "TrainguardExporterDown", "TrainingFailedPermanently", "TrainingDiskLow"}
 PER_JOB = REMEDIATING | NOTIFY_ONLY - {"TrainguardExporterDown"}
 
 

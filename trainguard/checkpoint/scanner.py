@@ -10,6 +10,12 @@ mtime plus the names, sizes and mtimes of its files, and of the files one level 
 where ``save_pretrained`` writes) changed, and the output folder is re-listed only when
 its own mtime (or its ``checkpoints/`` sub-folder's) changed.  ``writing`` depends on the
 clock, so those are re-inspected every time.
+
+Sizes come with the signature for free: the same ``scandir`` pass that stats every file
+adds up their bytes (:meth:`CheckpointScanner.size`), so the exporter's
+``trainguard_checkpoint_latest_size_bytes`` costs no walk of its own, and
+:func:`checkpoint_bytes` is the same sum for a one-off question (the remediator's disk
+check before a resume).
 """
 
 from __future__ import annotations
@@ -57,10 +63,13 @@ def _listing_signature(output_dir: Path) -> tuple[int, int | None]:
     return own, sub
 
 
-def _signature(folder: Path) -> Signature | None:
+def _signature(folder: Path) -> tuple[Signature, int] | None:
+    """The folder's stat signature and the bytes of its files (one sub-folder level, as
+    ``save_pretrained`` writes); None when it is gone."""
     try:
         own = folder.stat().st_mtime_ns
         files = []
+        size = 0
         with os.scandir(folder) as it:
             for entry in it:
                 st = entry.stat()
@@ -70,9 +79,20 @@ def _signature(folder: Path) -> Signature | None:
                         for e in sub:
                             st = e.stat()
                             files.append((f"{entry.name}/{e.name}", st.st_size, st.st_mtime_ns))
+                            if not e.is_dir():
+                                size += st.st_size
+                else:
+                    size += st.st_size
     except (FileNotFoundError, NotADirectoryError):
         return None
-    return own, tuple(sorted(files))
+    return (own, tuple(sorted(files))), size
+
+
+def checkpoint_bytes(folder: Path) -> int | None:
+    """Bytes of the files of one checkpoint folder (as :meth:`CheckpointScanner.size`
+    counts them); None when it is gone."""
+    got = _signature(Path(folder))
+    return None if got is None else got[1]
 
 
 class CheckpointScanner:
@@ -85,6 +105,7 @@ class CheckpointScanner:
         self._listing: tuple[int, int | None] | None = None
         self._names: list[str] = []
         self._cache: dict[str, tuple[Signature, CheckpointInfo]] = {}
+        self._sizes: dict[str, int] = {}
         self.inspections = 0  # how many folders were really inspected (for tests, bench)
 
     def scan(self, now: float | None = None,
@@ -94,7 +115,7 @@ class CheckpointScanner:
         try:
             listing = _listing_signature(self.output_dir)
         except (FileNotFoundError, NotADirectoryError):
-            self._listing, self._names, self._cache = None, [], {}
+            self._listing, self._names, self._cache, self._sizes = None, [], {}, {}
             return []
         if listing != self._listing:
             try:
@@ -103,13 +124,16 @@ class CheckpointScanner:
                 return []
             self._listing = listing
             self._cache = {k: v for k, v in self._cache.items() if k in set(self._names)}
+            self._sizes = {k: v for k, v in self._sizes.items() if k in set(self._names)}
         infos = []
         for name in self._names:
             folder = self.output_dir / name
-            sig = _signature(folder)
-            if sig is None:
+            got = _signature(folder)
+            if got is None:
                 self._cache.pop(name, None)
+                self._sizes.pop(name, None)
                 continue
+            sig, self._sizes[name] = got
             cached = self._cache.get(name)
             if cached is not None and cached[0] == sig and cached[1].status is not Status.WRITING:
                 infos.append(cached[1])
@@ -129,6 +153,15 @@ class CheckpointScanner:
                       ledger: ResumeLedger | None = None) -> CheckpointInfo | None:
         """The newest usable checkpoint, or None."""
         return next((i for i in self.scan(now, ledger) if i.usable), None)
+
+    def size(self, info: CheckpointInfo) -> int | None:
+        """Bytes of a checkpoint the last :meth:`scan` returned (from its stat pass; no
+        walk of its own); None for one it did not see."""
+        try:
+            name = info.path.relative_to(self.output_dir).as_posix()
+        except ValueError:
+            return None
+        return self._sizes.get(name)
 
 
 def list_checkpoints(output_dir: Path, *, now: float | None = None,
