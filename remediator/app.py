@@ -7,9 +7,10 @@ and network errors only, DESIGN.md §4):
   bearer token; 413 over ``max_body_bytes``; 400 naming the problem for non-JSON or a
   payload that is not Alertmanager's v4 shape (retrying a malformed body cannot help);
   **202** once every alert is recorded and, if new, queued.  Alerts for an unknown
-  ``training_job`` are recorded as ``ignored`` and still get 202: one notification may
-  group alerts of several jobs, and a 4xx would make Alertmanager drop the known ones'
-  delivery too.  Misrouting stays visible in the log and in ``/api/incidents``.  503 only
+  ``training_job``, or for another ``host`` than the config's, are recorded as
+  ``ignored`` and still get 202: one notification may group alerts of several jobs, and
+  a 4xx would make Alertmanager drop the known ones' delivery too.  Misrouting stays
+  visible in the log and in ``/api/incidents``.  503 only
   when the state store cannot persist, so Alertmanager retries later.
 * ``GET /metrics`` — this process's own registry (never the default one).
 * ``GET /healthz`` — 200 ``ok`` while the store answers.
@@ -19,8 +20,9 @@ and network errors only, DESIGN.md §4):
 * ``GET /`` — a small HTML status page without the evidence (no token, since a browser
   cannot send one; the server listens on 127.0.0.1 by default).
 
-Nothing from an alert becomes a path, a flag or a command: only the ``training_job``
-label is read, to look up a configured job.  The token is never logged.
+Nothing from an alert becomes a path, a flag or a command: only the ``host`` and
+``training_job`` labels are read, compared with the config's host and job names.  The
+token is never logged.
 """
 
 from __future__ import annotations
@@ -149,7 +151,8 @@ def parse_payload(data: Any) -> list[Alert]:
         out.append(Alert(job=labels.get("training_job", ""),
                          alertname=labels.get("alertname", "unnamed"),
                          status=status, starts_at=starts, starts_ts=starts_ts,
-                         fingerprint=fp if isinstance(fp, str) else None))
+                         fingerprint=fp if isinstance(fp, str) else None,
+                         host=labels.get("host") or None))
     return out
 
 
@@ -202,7 +205,8 @@ _STATUS_PAGE = """<!doctype html>
 <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left}.bad{color:#b00}</style>
 </head><body><h1>trainguard remediator</h1>
-<p>{{ 'DRY RUN: decisions are recorded, nothing is touched.' if dry_run else '' }}</p>
+<p>host {{ host }}{{ '. DRY RUN: decisions are recorded, nothing is touched.' if dry_run
+else '' }}</p>
 {% if not can_repair %}<p class="bad">torch is not installed here: checkpoints that need a
 repair for their run's environment cannot be repaired, and such runs are refused rather
 than restarted from scratch (pip install 'trainguard[torch]').</p>{% endif %}
@@ -213,7 +217,8 @@ than restarted from scratch (pip install 'trainguard[torch]').</p>{% endif %}
 <td>{% for c in j.checkpoints %}{{ c }}<br>{% endfor %}</td></tr>{% endfor %}
 </table><h2>Recent incidents</h2><table><tr><th>#</th><th>job</th><th>alert</th>
 <th>started</th><th>state</th><th>outcome</th><th>reason</th></tr>
-{% for i in incidents %}<tr><td>{{ i.id }}</td><td>{{ i.job }}</td><td>{{ i.alertname }}</td>
+{% for i in incidents %}<tr><td>{{ i.id }}</td><td>{{ i.job }}{{ ' @ ' + i.host if i.host and
+i.host != host else '' }}</td><td>{{ i.alertname }}</td>
 <td>{{ i.starts_at }}</td><td>{{ i.state }}</td><td>{{ i.outcome or '' }}</td>
 <td>{{ i.reason or '' }}</td></tr>{% endfor %}</table></body></html>
 """
@@ -293,8 +298,8 @@ def create_app(config: Config, *, token: str | None = None, store: Store | None 
         except PayloadError as exc:
             log.warning("webhook payload refused: %s", exc)
             return error(400, str(exc))
-        decisions = [{"training_job": a.job, "alertname": a.alertname, "status": a.status,
-                      "decision": remediator.submit(a)} for a in parsed]
+        decisions = [{"host": a.host, "training_job": a.job, "alertname": a.alertname,
+                      "status": a.status, "decision": remediator.submit(a)} for a in parsed]
         return _json(202, {"accepted": len(parsed), "alerts": decisions})
 
     @app.get("/metrics")
@@ -365,6 +370,7 @@ def create_app(config: Config, *, token: str | None = None, store: Store | None 
                          "last": _when(js.last_remediation),
                          "checkpoints": checkpoints.lines(job.name)})
         return render_template_string(_STATUS_PAGE, jobs=jobs, dry_run=config.remediator.dry_run,
+                                      host=config.host,
                                       can_repair=remediator.can_repair,
                                       incidents=store.incidents(limit=50))
 

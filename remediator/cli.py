@@ -132,8 +132,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     mode = " (DRY RUN: nothing will be touched)" if config.remediator.dry_run else ""
-    log.info("remediator listening on http://%s for %d job(s)%s; state in %s", listen,
-             len(config.jobs), mode, config.remediator.state_path)
+    log.info("remediator listening on http://%s for %d job(s) on host %s%s; state in %s",
+             listen, len(config.jobs), config.host, mode, config.remediator.state_path)
     print(f"trainguard remediator listening on http://{listen}", file=sys.stderr, flush=True)
     try:
         server.run()

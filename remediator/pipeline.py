@@ -71,6 +71,7 @@ class Alert:
     starts_at: str       # as sent: part of the incident's identity
     starts_ts: float     # the same, as a Unix time
     fingerprint: str | None = None
+    host: str | None = None   # the `host` label; None when the alert carries none
 
 
 def parse_time(text: str) -> float:
@@ -172,13 +173,35 @@ class Remediator:
     # ------------------------------------------------------------------ receiving
 
     def submit(self, alert: Alert) -> str:
-        """Record one alert and queue it when it is new; returns what was decided."""
+        """Record one alert and queue it when it is new; returns what was decided.
+
+        A job is ``(host, training_job)``: an alert for another host is recorded as
+        ``ignored`` and answered 2xx like one for an unknown job (one notification may
+        group several hosts' alerts; a 4xx would drop them all).  An alert without a
+        ``host`` label is this host's: a single-host stack labels no target, and in a
+        fleet the generated routes send host-less alerts to no remediator at all
+        (trainguard.fleet).
+        """
+        host = self.config.host
+        if alert.host is not None and alert.host != host:
+            other = alert.host[:200]
+            name = alert.job[:200]
+            inc, created = self.store.open_incident(
+                name, alert.alertname[:200], alert.starts_at[:64], alert.starts_ts,
+                alert.fingerprint, state="ignored", host=other,
+                reason=f"the alert is for host {other!r}; this remediator serves host "
+                       f"{host!r} (the config's `host`): check the Alertmanager routes")
+            if created:
+                log.warning("alert %s for training_job=%r is for host %r, not this host %r: "
+                            "ignored (misrouted?)", alert.alertname, name, other, host)
+                self.store.record(name, inc.id, "ignore", "skipped", f"host {other!r}")
+            return "ignored"
         job = self.config.job(alert.job)
         if job is None:
             name = alert.job[:200]
             inc, created = self.store.open_incident(
                 name, alert.alertname[:200], alert.starts_at[:64], alert.starts_ts,
-                alert.fingerprint, state="ignored",
+                alert.fingerprint, state="ignored", host=host,
                 reason=f"no configured job is named {name!r}")
             if created:
                 log.warning("alert %s names training_job=%r, which is not configured: ignored",
@@ -186,7 +209,7 @@ class Remediator:
                 self.store.record(name, inc.id, "ignore", "skipped", "unknown job")
             return "ignored"
         if alert.status == "resolved":
-            inc2 = self.store.cancel_open(job.name, alert.alertname, alert.starts_at)
+            inc2 = self.store.cancel_open(job.name, alert.alertname, alert.starts_at, host)
             if inc2 is not None and inc2.state == "cancelled":
                 log.info("%s: %s resolved; incident %d cancelled before acting", job.name,
                          alert.alertname, inc2.id)
@@ -196,7 +219,7 @@ class Remediator:
         if js.last_process_start is not None and alert.starts_ts < js.last_process_start:
             _inc, created = self.store.open_incident(
                 job.name, alert.alertname, alert.starts_at, alert.starts_ts, alert.fingerprint,
-                state="skipped",
+                state="skipped", host=host,
                 reason=f"stale: the alert started at {_fmt(alert.starts_ts)}, before the run "
                        f"trainguard started at {_fmt(js.last_process_start)}")
             if created:
@@ -205,7 +228,7 @@ class Remediator:
                 self.store.record(job.name, _inc.id, "skip", "skipped", "stale alert")
             return "stale"
         inc, created = self.store.open_incident(job.name, alert.alertname, alert.starts_at,
-                                                alert.starts_ts, alert.fingerprint)
+                                                alert.starts_ts, alert.fingerprint, host=host)
         if not created:
             if inc.state == "refused" and time.time() - inc.updated >= \
                     self.rc.refused_recheck_seconds and self.store.set_state(
