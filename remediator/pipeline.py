@@ -50,8 +50,9 @@ from trainguard.process import JobProcess, ProcessMatcher, alive, environment_of
 from trainguard.progress import LogFollower, job_completed
 
 from . import prepare as prep
+from . import slurm as slurm_mod
 from .decide import Act, Budget, Facts, GiveUp, Refuse, Skip, Wait, decide
-from .execute import executor_for, leftovers
+from .execute import Executor, executor_for, leftovers, slurm_executor_for
 from .runenv import RunEnv, fallback, redacted
 from .store import Incident, Store
 
@@ -330,6 +331,9 @@ class Remediator:
         resume = prep.prepare(job, run_env, restart_from_scratch=rc.restart_from_scratch,
                               writing_fresh_seconds=self.config.exporter.writing_fresh_seconds,
                               can_repair=self.can_repair, ledger=self.store.ledger(job.name))
+        slurm = None
+        if job.launch is not None and job.launch.slurm is not None:
+            slurm = slurm_mod.gather(job, procs, self.config.host)
         return Facts(
             now=now, job=job.name, incident_state=inc.state, alert_started=inc.starts_ts,
             paused=js.paused, paused_reason=js.paused_reason, gave_up=js.gave_up,
@@ -338,7 +342,7 @@ class Remediator:
             processes=tuple(procs), completed=job_completed(job, progress, bool(procs)),
             writing=self._writing(job), saving_since=saving_since, resume=resume,
             budget=Budget(rc.budget.max_restarts, rc.budget.window_seconds,
-                          rc.budget.backoff_seconds, rc.saving_wait_seconds))
+                          rc.budget.backoff_seconds, rc.saving_wait_seconds), slurm=slurm)
 
     def _wait(self, inc: Incident, seconds: float, until: Any = None) -> None:
         """Sleep up to ``seconds`` (or until ``until()``), raising Cancelled if resolved."""
@@ -358,9 +362,16 @@ class Remediator:
     def _act(self, job: JobConfig, inc: Incident, d: Act) -> None:
         if not self.store.set_state(inc.id, "acting", only_from=("queued", "waiting", "acting")):
             return  # cancelled between the decision and now
-        ex = self.executor
-        dry = ex.outcome_suffix
         plan = d.resume
+        ex: Executor = self.executor
+        if job.launch is not None and job.launch.slurm is not None:
+            try:
+                ex = slurm_executor_for(self.rc, job, plan, self.config.host,
+                                        self.store.ledger(job.name))
+            except ValueError as exc:
+                self._fail(job, inc, str(exc))
+                return
+        dry = ex.outcome_suffix
         if d.note:
             self._note(job, inc, "wait", "timeout", d.note)
         self._note(job, inc, "decide", dry or "act",
@@ -406,6 +417,7 @@ class Remediator:
         frm = plan.describe()
         if dry:
             self._note(job, inc, plan.action, dry,
+                       f"would {frm}" if plan.slurm is not None else
                        f"would run {list(plan.argv)} in {plan.workdir}: {frm}")
             self.store.set_state(inc.id, "done", outcome="dry_run",
                                  reason=f"dry run: would {frm}")
@@ -419,9 +431,12 @@ class Remediator:
                 info.epoch, plan.edits.profile if plan.edits is not None else ""))
         self.store.set_run_env(job.name, plan.env, f"the environment trainguard launched "
                                                    f"incident {inc.id}'s {plan.action} with")
-        self._note(job, inc, plan.action, "started",
-                   f"pid {launched.pid}: {list(plan.argv)} in {plan.workdir}, output "
-                   f"appended to {plan.log_file}: {frm}")
+        if plan.slurm is not None:
+            self._note(job, inc, plan.action, "started", f"{' '.join(launched.argv)}: {frm}")
+        else:
+            self._note(job, inc, plan.action, "started",
+                       f"pid {launched.pid}: {list(plan.argv)} in {plan.workdir}, output "
+                       f"appended to {plan.log_file}: {frm}")
         self.store.add_evidence(inc.id, "launched", {
             "pid": launched.pid, "create_time": launched.create_time,
             "argv": list(launched.argv), "cwd": str(plan.workdir),
