@@ -25,7 +25,7 @@ import sys
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from remediator import repair_cli
+from remediator import repair_cli, resume_args
 from trainguard.config import LAUNCH_VIA, Config, Listen, load_config, parse_listen
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ class _Stop(SystemExit):
 def register(registry: CommandRegistry) -> None:
     """Plug this side's sub-commands into the front door."""
     repair_cli.register(registry)
+    resume_args.register(registry)
     p = registry.commands.add_parser(
         "remediator", help="serve the Alertmanager webhook that repairs and resumes runs",
         description="Serve the Alertmanager webhook: validate, dedupe, kill the stuck run's "
