@@ -282,3 +282,13 @@ def test_two_peered_alertmanagers_deliver_each_hosts_alert_once_to_its_remediato
     finally:
         one.stop()
         two.stop()
+
+
+@pytest.mark.parametrize("example", [
+    "alertmanager/fleet.example.yml", "prometheus/examples/fleet/targets/exporters.yml",
+    "slurm/trainguard.yaml", "slurm/train.sbatch"])
+def test_the_readme_shows_the_tested_example_files_verbatim(example: str) -> None:
+    """deploy/README.md's fleet and Slurm examples are these files, which the tests use."""
+    readme = (ALERTMANAGER_DIR.parent / "README.md").read_text()
+    text = (ALERTMANAGER_DIR.parent / example).read_text()
+    assert f"\n{text}```\n" in readme, f"deploy/README.md does not show {example} verbatim"
