@@ -203,7 +203,8 @@ def slurm_decision(f: Facts, s: sl.SlurmFacts, resume: Prepared, note: str) -> D
             return Refuse(f"{where}: {why}, and no resumed copy of its batch script could "
                           "be made")
         method = "resubmit"
-    action = sl.SlurmAction(s.job_id, method, job.restarts, job.state, s.cluster, why)
+    action = sl.SlurmAction(s.job_id, method, job.restarts, job.state, s.cluster, why,
+                            s.source)
     return Act(f.processes, replace(resume, slurm=action), note)
 
 

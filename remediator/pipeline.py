@@ -402,6 +402,9 @@ class Remediator:
         # Confirm the choice now that nothing can be writing, and repair if needed.
         final = self._final_plan(job, inc, plan)
         if final is None:
+            held = getattr(ex, "held_hint", lambda: "")()
+            if held:  # a Slurm job requeued held by the kill waits for a person
+                self._note(job, inc, "slurm", "held", held.lstrip("; "))
             return
         plan = final
         self.store.add_evidence(inc.id, "checkpoints_skipped", list(plan.skipped))

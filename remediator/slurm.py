@@ -101,13 +101,15 @@ class SlurmAction:
     state: str                   # the job's state when decided
     cluster: str | None
     why: str                     # why this method, for the log
+    source: str = ""             # how the job was found (SLURM_JOB_ID of pid N, ...)
 
     def describe(self) -> str:
+        found = f", found by {self.source}" if self.source else ""
         if self.method == "requeue":
             return (f"by requeueing Slurm job {self.job_id} (restart count {self.restarts} -> "
-                    f"{self.restarts + 1})")
+                    f"{self.restarts + 1}{found})")
         return (f"by cancelling Slurm job {self.job_id} and submitting the resumed copy of "
-                f"its batch script ({self.why})")
+                f"its batch script ({self.why}{found})")
 
 
 # --------------------------------------------------------------------------- commands

@@ -93,6 +93,13 @@ class SlurmExecutor:
                       f"{self.rc.kill_grace_seconds:g}s: {res.detail}")
         return res
 
+    def held_hint(self) -> str:
+        """What a person must know when the restart stops half-way: the job is held."""
+        if not self.held:
+            return ""
+        return (f"; Slurm job {self.action.job_id} stays requeued and held: `scontrol "
+                f"release {self.action.job_id}` once the cause is fixed")
+
     def repair(self, info: CheckpointInfo, env: compat.Environment | None
                ) -> tuple[bool, str]:
         return self.real.repair(info, env)
@@ -113,7 +120,12 @@ class SlurmExecutor:
             restart_count=self.expected_restarts, written_at=time.time(),
             ledger=self.ledger)
         path = sl.record_path(self.job)
-        write_atomic(path, (json.dumps(record.to_json(), indent=1) + "\n").encode(), 0o644)
+        try:
+            write_atomic(path, (json.dumps(record.to_json(), indent=1) + "\n").encode(),
+                         0o644)
+        except OSError as exc:
+            raise OSError(f"{path}: cannot write the resume record: {exc}{self.held_hint()}"
+                          ) from None
         said = (f"wrote {path}: {' '.join(args) or 'no checkpoint (from scratch)'}"
                 + (f", for restart {record.restart_count} of Slurm job {a.job_id}"
                    if a.method == "requeue" else ""))
@@ -129,7 +141,7 @@ class SlurmExecutor:
             try:
                 sl.run(argv)
             except sl.SlurmError as exc:
-                raise launch_mod.LaunchError(str(exc)) from None
+                raise launch_mod.LaunchError(f"{exc}{self.held_hint()}") from None
         else:
             if not self.cancelled and a.state not in sl.FINISHED:
                 # Its training was already gone (nothing to kill) but the job still runs:

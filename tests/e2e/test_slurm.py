@@ -64,7 +64,7 @@ class Layout:
                 if e["event"] == kind]
 
 
-def layout(cluster: SlurmCluster, root: Path) -> Layout:
+def layout(cluster: SlurmCluster, root: Path, failure: str = "--hang_at_step 25") -> Layout:
     """deploy/slurm's example files under ``root`` (see the module doc for the changes)."""
     out = root / "outputs" / JOB
     out.mkdir(parents=True)
@@ -78,7 +78,7 @@ def layout(cluster: SlurmCluster, root: Path) -> Layout:
                      ("--num_cpu_threads_per_process 4", "--num_cpu_threads_per_process 1"),
                      ("--save_every_n_steps 100",
                       f"--save_every_n_steps 10 --max_train_steps 60 --step_seconds 0.2 "
-                      f"--hang_at_step 25 --once_marker {out}/once.marker --record {record}"),
+                      f"{failure} --once_marker {out}/once.marker --record {record}"),
                      ("/shared", str(root))):
         assert old in text, old
         text = text.replace(old, new)
@@ -148,20 +148,23 @@ def shared() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def rescue(cluster: SlurmCluster, lay: Layout, *sbatch_options: str
-           ) -> tuple[str, list[dict[str, Any]], Watch]:
-    """Submit, wait for the hang, alert the remediator, wait for the run to finish."""
+def rescue(cluster: SlurmCluster, lay: Layout, *sbatch_options: str, event: str = "hang",
+           alertname: str = "TrainingStalled") -> tuple[str, list[dict[str, Any]], Watch]:
+    """Submit, wait for the failure, alert the remediator, wait for the run to finish."""
     watch = Watch(str(lay.output_dir))
     watcher = threading.Thread(target=watch.run, daemon=True)
     watcher.start()
     try:
         job_id = cluster.sbatch(lay.script, *sbatch_options, cwd=lay.root / "train",
                                 env=lay.env)
-        wait_for(lambda: lay.events("hang"), timeout=180, interval=0.5,
-                 what=f"Slurm job {job_id} to hang (log {lay.output_dir / 'train.log'})")
+        wait_for(lambda: lay.events(event), timeout=180, interval=0.5,
+                 what=f"Slurm job {job_id}'s {event} (log {lay.output_dir / 'train.log'})")
+        if event == "crash":
+            wait_for(lambda: cluster.show(job_id)["JobState"] == "FAILED", timeout=30,
+                     what=f"Slurm job {job_id} to fail")
         with process_server(lay.config, lay.root / "remediator.log", env=lay.env) as client:
             client = Client(client.url, token="slurm-test-token-0123456789")
-            body = payload(JOB, starts=time.time())
+            body = payload(JOB, starts=time.time(), alertname=alertname)
             body["alerts"][0]["labels"]["host"] = "localhost"
             r = client.post_alert(body)
             assert r.status_code == 202 and r.json()["alerts"][0]["decision"] == "queued"
@@ -241,6 +244,29 @@ def test_a_job_that_cannot_be_requeued_is_cancelled_and_its_resumed_copy_submitt
     wait_for(lambda: cluster.show(new_id)["JobState"] == "COMPLETED", timeout=60,
              what=f"Slurm job {new_id} to complete")
     assert f"--resume {lay.output_dir / STATE}" in copy.read_text()
+    starts = lay.events("start")
+    assert [s["resume"] for s in starts] == [None, str(lay.output_dir / STATE)]
+    assert watch.seen and watch.outside_slurm() == {}, watch.seen
+
+
+def test_a_failed_slurm_job_is_found_by_name_and_requeued(cluster: SlurmCluster,
+                                                         shared: Path) -> None:
+    """The run crashed, so no process names the job: the remediator finds it by its
+    job name among this user's jobs, and requeues the FAILED job (nothing to hold)."""
+    lay = layout(cluster, shared, failure="--crash_at_step 25")
+    job_id, [incident], watch = rescue(cluster, lay, event="crash",
+                                       alertname="TrainingProcessDown")
+    assert incident["outcome"] == "resumed", incident
+    [decided] = actions(incident, "decide")
+    assert f"requeueing Slurm job {job_id} (restart count 0 -> 1, found by squeue " \
+        f"--name={JOB})" in decided["detail"]
+    [kill] = actions(incident, "kill")
+    assert kill["outcome"] == "skipped"      # nothing of it lived
+    [started] = actions(incident, "resume")
+    assert started["detail"].startswith(f"scontrol requeue {job_id}: "), started
+    wait_for(lambda: cluster.show(job_id)["JobState"] == "COMPLETED", timeout=60,
+             what=f"Slurm job {job_id} to complete")
+    assert cluster.show(job_id)["Restarts"] == "1"
     starts = lay.events("start")
     assert [s["resume"] for s in starts] == [None, str(lay.output_dir / STATE)]
     assert watch.seen and watch.outside_slurm() == {}, watch.seen

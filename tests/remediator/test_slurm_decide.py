@@ -72,7 +72,8 @@ def test_a_hung_requeueable_job_is_requeued_and_its_processes_left_to_slurm() ->
     a = d.resume.slurm
     assert a is not None and (a.method, a.job_id, a.restarts, a.cluster) == \
         ("requeue", "7", 2, "tg")
-    assert "requeueing Slurm job 7 (restart count 2 -> 3)" in d.resume.describe()
+    assert "requeueing Slurm job 7 (restart count 2 -> 3, found by SLURM_JOB_ID of pid 1)" \
+        in d.resume.describe()
 
 
 @pytest.mark.parametrize("state", ["FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
