@@ -28,11 +28,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
+import baseline_process_rule as old  # noqa: E402
 from helpers.bystanders import pause_binary  # noqa: E402
 from helpers.common import SLEEPER  # noqa: E402
 
-import bench.baseline_process_rule as old  # noqa: E402
 from trainguard import process as new  # noqa: E402
 from trainguard.config import parse_config  # noqa: E402
 

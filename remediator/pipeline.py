@@ -308,7 +308,7 @@ class Remediator:
                 self.store.update_job(job.name, gave_up=1, gave_up_reason=d.reason)
                 self._note(job, inc, "give_up", "gave_up",
                            f"{d.reason}; no more actions until `trainguard remediator reset "
-                           f"{job.name}`")
+                           f"{job.name} --config {self.config.path}`")
                 self.store.set_state(inc.id, "gave_up", reason=d.reason)
             elif isinstance(d, Refuse):
                 self._note(job, inc, "refuse", "refused",

@@ -114,7 +114,11 @@ def test_bar_going_backwards_is_a_new_run(tmp_path: Path) -> None:
     assert f.poll(now=1.0).completed
     append(log, bar(0, 100))
     p = f.poll(now=2.0)
-    assert (p.step, p.completed, p.run_started, p.last_progress) == (0, False, 2.0, 2.0)
+    # The new run's first draw is not progress (its warm-up has not produced a step yet);
+    # its first step is.
+    assert (p.step, p.completed, p.run_started, p.last_progress) == (0, False, 2.0, 1.0)
+    append(log, bar(1, 100))
+    assert f.poll(now=3.0).last_progress == 3.0
 
 
 def test_truncation_starts_over(tmp_path: Path) -> None:

@@ -137,9 +137,7 @@ def test_every_dashboard_query_returns_data(tmp_path: Path) -> None:
     train_env = {k: v for k, v in os.environ.items() if k != "FAKE_NVML_DIR"}
     train_env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     daemons: list[Daemon] = []
-    with open(log, "ab") as log_fh:
-        train = subprocess.Popen(train_cmd, cwd=tmp_path, env=train_env, stdout=log_fh,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+    train: subprocess.Popen[bytes] | None = None
     try:
         exporter = Daemon("exporter", [TRAINGUARD, "exporter", "--config", str(config)],
                           tmp_path / "exporter.log", f"http://127.0.0.1:{exporter_port}/healthz",
@@ -162,6 +160,13 @@ def test_every_dashboard_query_returns_data(tmp_path: Path) -> None:
         daemons.append(prometheus)
         for d in daemons:
             d.wait_ready()
+        # The trainer starts once the exporter has been scraped, so its steps are followed
+        # live and the rhythm series (seconds per step, longest gap) exist.
+        wait_for(lambda: prom_query(prom, 'up{job="trainguard-exporter"} == 1'),
+                 timeout=30, interval=0.2, what="a first scrape of the exporter")
+        with open(log, "ab") as log_fh:
+            train = subprocess.Popen(train_cmd, cwd=tmp_path, env=train_env, stdout=log_fh,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
 
         # One alert to the dry-run remediator: it records decisions, touches nothing.
         status, body = http_json(
@@ -207,6 +212,7 @@ def test_every_dashboard_query_returns_data(tmp_path: Path) -> None:
     finally:
         for d in reversed(daemons):
             d.stop()
-        if train.poll() is None:
-            os.killpg(train.pid, 9)
-        train.wait()
+        if train is not None:
+            if train.poll() is None:
+                os.killpg(train.pid, 9)
+            train.wait()

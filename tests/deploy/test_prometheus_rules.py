@@ -49,7 +49,8 @@ def test_every_alert_of_the_contract_with_its_routing_label() -> None:
         assert a["annotations"]["summary"] and a["annotations"]["description"], a["alert"]
         # Per-job alerts carry the exclusions (completed, writing, grace) through one record.
         if a["alert"] in PER_JOB:
-            assert "unless on (training_job) trainguard:job_quiet" in a["expr"], a["alert"]
+            assert "unless on (training_job) (trainguard:job_quiet == 1)" in a["expr"], \
+                a["alert"]
 
 
 def test_durations_come_from_tunables_not_for() -> None:

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from exporter_testlib import metrics_of, value
+from exporter_testlib import metrics_of, series, value
 from helpers.common import SLEEPER
 
 from exporter.collectors.base import CollectorSet
 from exporter.collectors.process import ProcessCollector
 from exporter.collectors.progress import ProgressCollector
 from trainguard.config import JobConfig
+from trainguard.phases import PHASES
 from trainguard.process import ProcessMatcher
 
 BAR = "steps: {pct:3d}%|#####     | {step}/{total} [00:02<00:06, 4.8it/s, avr_loss=0.1]"
@@ -99,6 +100,51 @@ def test_progress_follows_the_log(tmp_path: Path) -> None:
     m = metrics_of(cs)
     assert value(m, "trainguard_job_completed", training_job="a") == 1
     assert value(m, "trainguard_collector_success", collector="progress") == 1
+
+
+def test_phase_and_rhythm_series(tmp_path: Path) -> None:
+    """The follower's phase and rhythm become the series the rules read (HACKING.md)."""
+    from helpers.upstream_log import UpstreamLog
+
+    a, b = job(tmp_path, "a"), job(tmp_path, "b", log=False)
+    assert a.log_file is not None
+    clock = [1000.0]
+    cs = CollectorSet([ProgressCollector([a, b], clock=lambda: clock[0])],
+                      lambda: {"a": [], "b": []})
+    up = UpstreamLog()
+
+    def scrape(at: float) -> dict[frozenset[tuple[str, str]], float]:
+        clock[0] = up.clock = at
+        with open(a.log_file, "ab") as f:   # type: ignore[arg-type]
+            f.write(up.take())
+        m = metrics_of(cs)
+        assert not series(m, "trainguard_job_phase").keys() & {
+            frozenset({("training_job", "b"), ("phase", p)}) for p in PHASES}
+        return {k: v for k, v in m.items() if k[0].startswith("trainguard_job_")}
+
+    m = scrape(1000.0)
+    assert value(m, "trainguard_job_phase", training_job="a", phase="training") is None
+    up.rich("preparing accelerator", "preparing accelerator")
+    bar = up.bar(100)
+    m = scrape(1010.0)
+    on = {dict(k[1])["phase"]: v for k, v in m.items() if k[0] == "trainguard_job_phase"}
+    assert on == {p: (1.0 if p == "training" else 0.0) for p in PHASES}
+    assert value(m, "trainguard_job_phase_start_timestamp_seconds", training_job="a") == 1010
+    assert value(m, "trainguard_job_step_gap_max_seconds", training_job="a") is None
+    for i in range(1, 5):
+        up.steps(bar)
+        m = scrape(1010.0 + 3 * i)
+    assert value(m, "trainguard_job_step_gap_max_seconds", training_job="a") == 3.0
+    assert value(m, "trainguard_job_step_gap_typical_seconds", training_job="a") == 3.0
+    up.rich("generating sample images at step / サンプル画像生成 ステップ: 4", "sample")
+    m = scrape(1030.0)
+    assert value(m, "trainguard_job_phase", training_job="a", phase="sampling") == 1
+    assert value(m, "trainguard_job_phase_start_timestamp_seconds", training_job="a") == 1030
+    up.steps(bar)
+    m = scrape(1100.0)
+    assert value(m, "trainguard_job_phase_max_duration_seconds", training_job="a",
+                 phase="sampling") == 70.0
+    assert value(m, "trainguard_job_phase", training_job="a", phase="training") == 1
 
 
 def test_startup_grace_is_published_only_for_jobs_that_set_it(tmp_path: Path) -> None:

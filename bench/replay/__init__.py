@@ -1,0 +1,1 @@
+"""The replay benchmark's parts (see bench/bench_replay.py)."""
