@@ -7,9 +7,10 @@ and network errors only, DESIGN.md §4):
   bearer token; 413 over ``max_body_bytes``; 400 naming the problem for non-JSON or a
   payload that is not Alertmanager's v4 shape (retrying a malformed body cannot help);
   **202** once every alert is recorded and, if new, queued.  Alerts for an unknown
-  ``training_job`` are recorded as ``ignored`` and still get 202: one notification may
-  group alerts of several jobs, and a 4xx would make Alertmanager drop the known ones'
-  delivery too.  Misrouting stays visible in the log and in ``/api/incidents``.  503 only
+  ``training_job``, or for another ``host`` than the config's, are recorded as
+  ``ignored`` and still get 202: one notification may group alerts of several jobs, and
+  a 4xx would make Alertmanager drop the known ones' delivery too.  Misrouting stays
+  visible in the log and in ``/api/incidents``.  503 only
   when the state store cannot persist, so Alertmanager retries later.
 * ``GET /metrics`` — this process's own registry (never the default one).
 * ``GET /healthz`` — 200 ``ok`` while the store answers.
@@ -21,8 +22,9 @@ and network errors only, DESIGN.md §4):
   incidents with their reasons; without the evidence (no token, since a browser cannot
   send one; the server listens on 127.0.0.1 by default).
 
-Nothing from an alert becomes a path, a flag or a command: only the ``training_job``
-label is read, to look up a configured job.  The token is never logged.
+Nothing from an alert becomes a path, a flag or a command: only the ``host`` and
+``training_job`` labels are read, compared with the config's host and job names.  The
+token is never logged.
 """
 
 from __future__ import annotations
@@ -141,7 +143,8 @@ def parse_payload(data: Any) -> list[Alert]:
         out.append(Alert(job=labels.get("training_job", ""),
                          alertname=labels.get("alertname", "unnamed"),
                          status=status, starts_at=starts, starts_ts=starts_ts,
-                         fingerprint=fp if isinstance(fp, str) else None))
+                         fingerprint=fp if isinstance(fp, str) else None,
+                         host=labels.get("host") or None))
     return out
 
 
@@ -276,8 +279,8 @@ def create_app(config: Config, *, token: str | None = None, store: Store | None 
         except PayloadError as exc:
             log.warning("webhook payload refused: %s", exc)
             return error(400, str(exc))
-        decisions = [{"training_job": a.job, "alertname": a.alertname, "status": a.status,
-                      "decision": remediator.submit(a)} for a in parsed]
+        decisions = [{"host": a.host, "training_job": a.job, "alertname": a.alertname,
+                      "status": a.status, "decision": remediator.submit(a)} for a in parsed]
         return _json(202, {"accepted": len(parsed), "alerts": decisions})
 
     @app.get("/metrics")
@@ -338,6 +341,7 @@ def create_app(config: Config, *, token: str | None = None, store: Store | None 
     def status() -> str:
         return render_template_string(PAGE, jobs=page.jobs(), incidents=page.incidents(),
                                       dry_run=config.remediator.dry_run, config=config.path,
+                                      host=config.host,
                                       can_repair=remediator.can_repair)
 
     if start_workers:

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from remediator import repair_cli
+from remediator import repair_cli, resume_args
 from trainguard.config import LAUNCH_VIA, Config, Listen, load_config, parse_listen
 
 from .store import Store, StoreError
@@ -55,6 +55,7 @@ class _Stop(SystemExit):
 def register(registry: CommandRegistry) -> None:
     """Plug this side's sub-commands into the front door."""
     repair_cli.register(registry)
+    resume_args.register(registry)
     p = registry.commands.add_parser(
         "remediator", help="serve the Alertmanager webhook that repairs and resumes runs",
         description="Serve the Alertmanager webhook: validate, dedupe, kill the stuck run's "
@@ -139,8 +140,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     mode = " (DRY RUN: nothing will be touched)" if config.remediator.dry_run else ""
-    log.info("remediator listening on http://%s for %d job(s)%s; state in %s", listen,
-             len(config.jobs), mode, config.remediator.state_path)
+    log.info("remediator listening on http://%s for %d job(s) on host %s%s; state in %s",
+             listen, len(config.jobs), config.host, mode, config.remediator.state_path)
     print(f"trainguard remediator listening on http://{listen}", file=sys.stderr, flush=True)
     try:
         server.run()

@@ -53,8 +53,9 @@ from trainguard.progress import LogFollower, job_completed
 
 from . import failures, report
 from . import prepare as prep
+from . import slurm as slurm_mod
 from .decide import Act, Budget, Facts, FailPermanently, GiveUp, Refuse, Skip, Wait, decide
-from .execute import executor_for, leftovers
+from .execute import Executor, executor_for, leftovers, slurm_executor_for
 from .runenv import RunEnv, fallback, redacted
 from .store import Incident, Store
 
@@ -79,6 +80,7 @@ class Alert:
     starts_at: str       # as sent: part of the incident's identity
     starts_ts: float     # the same, as a Unix time
     fingerprint: str | None = None
+    host: str | None = None   # the `host` label; None when the alert carries none
 
 
 def parse_time(text: str) -> float:
@@ -188,13 +190,38 @@ class Remediator:
     # ------------------------------------------------------------------ receiving
 
     def submit(self, alert: Alert) -> str:
-        """Record one alert and queue it when it is new; returns what was decided."""
+        """Record one alert and queue it when it is new; returns what was decided.
+
+        A job is ``(host, training_job)``: an alert for another host is recorded as
+        ``ignored`` and answered 2xx like one for an unknown job (one notification may
+        group several hosts' alerts; a 4xx would drop them all).  An alert without a
+        ``host`` label is this host's: a single-host stack labels no target, and in a
+        fleet the generated routes send host-less alerts to no remediator at all
+        (trainguard.fleet).  An incident keeps the alert's own host label ('' for none,
+        as rows from before the host was known): its report carries the same label, so
+        Alertmanager pairs the two (remediator.report).
+        """
+        host = self.config.host
+        label = alert.host or ""
+        if alert.host is not None and alert.host != host:
+            other = alert.host[:200]
+            name = alert.job[:200]
+            inc, created = self.store.open_incident(
+                name, alert.alertname[:200], alert.starts_at[:64], alert.starts_ts,
+                alert.fingerprint, state="ignored", host=other,
+                reason=f"the alert is for host {other!r}; this remediator serves host "
+                       f"{host!r} (the config's `host`): check the Alertmanager routes")
+            if created:
+                log.warning("alert %s for training_job=%r is for host %r, not this host %r: "
+                            "ignored (misrouted?)", alert.alertname, name, other, host)
+                self.store.record(name, inc.id, "ignore", "skipped", f"host {other!r}")
+            return "ignored"
         job = self.config.job(alert.job)
         if job is None:
             name = alert.job[:200]
             inc, created = self.store.open_incident(
                 name, alert.alertname[:200], alert.starts_at[:64], alert.starts_ts,
-                alert.fingerprint, state="ignored",
+                alert.fingerprint, state="ignored", host=label,
                 reason=f"no configured job is named {name!r}")
             if created:
                 log.warning("alert %s names training_job=%r, which is not configured: ignored",
@@ -202,7 +229,7 @@ class Remediator:
                 self.store.record(name, inc.id, "ignore", "skipped", "unknown job")
             return "ignored"
         if alert.status == "resolved":
-            inc2 = self.store.cancel_open(job.name, alert.alertname, alert.starts_at)
+            inc2 = self.store.cancel_open(job.name, alert.alertname, alert.starts_at, label)
             if inc2 is not None and inc2.state == "cancelled":
                 log.info("%s: %s resolved; incident %d cancelled before acting", job.name,
                          alert.alertname, inc2.id)
@@ -212,7 +239,7 @@ class Remediator:
         if js.last_process_start is not None and alert.starts_ts < js.last_process_start:
             _inc, created = self.store.open_incident(
                 job.name, alert.alertname, alert.starts_at, alert.starts_ts, alert.fingerprint,
-                state="skipped",
+                state="skipped", host=label,
                 reason=f"stale: the alert started at {_fmt(alert.starts_ts)}, before the run "
                        f"trainguard started at {_fmt(js.last_process_start)}")
             if created:
@@ -221,7 +248,7 @@ class Remediator:
                 self.store.record(job.name, _inc.id, "skip", "skipped", "stale alert")
             return "stale"
         inc, created = self.store.open_incident(job.name, alert.alertname, alert.starts_at,
-                                                alert.starts_ts, alert.fingerprint)
+                                                alert.starts_ts, alert.fingerprint, host=label)
         if not created:
             if inc.state == "refused" and time.time() - inc.updated >= \
                     self.rc.refused_recheck_seconds and self.store.set_state(
@@ -371,6 +398,9 @@ class Remediator:
         failure = failures.classify_log(job) if not procs and not completed else None
         relaunches = 0 if failure is None else self.store.failure_relaunches(
             job.name, failure.cls, since, inc.id)
+        slurm = None
+        if job.launch is not None and job.launch.slurm is not None:
+            slurm = slurm_mod.gather(job, procs, self.config.host)
         return Facts(
             now=now, job=job.name, incident_state=inc.state, alert_started=inc.starts_ts,
             paused=js.paused, paused_reason=js.paused_reason, gave_up=js.gave_up,
@@ -380,7 +410,8 @@ class Remediator:
             writing=self._writing(job), saving_since=saving_since, resume=resume,
             budget=Budget(rc.budget.max_restarts, rc.budget.window_seconds,
                           rc.budget.backoff_seconds, rc.saving_wait_seconds),
-            failure=failure, failure_relaunches=relaunches, rearmed_at=js.budget_since)
+            failure=failure, failure_relaunches=relaunches, rearmed_at=js.budget_since,
+            slurm=slurm)
 
     def _wait(self, inc: Incident, seconds: float, until: Any = None) -> None:
         """Sleep up to ``seconds`` (or until ``until()``), raising Cancelled if resolved."""
@@ -400,9 +431,16 @@ class Remediator:
     def _act(self, job: JobConfig, inc: Incident, d: Act) -> None:
         if not self.store.set_state(inc.id, "acting", only_from=("queued", "waiting", "acting")):
             return  # cancelled between the decision and now
-        ex = self.executor
-        dry = ex.outcome_suffix
         plan = d.resume
+        ex: Executor = self.executor
+        if job.launch is not None and job.launch.slurm is not None:
+            try:
+                ex = slurm_executor_for(self.rc, job, plan, self.config.host,
+                                        self.store.ledger(job.name))
+            except ValueError as exc:
+                self._fail(job, inc, str(exc))
+                return
+        dry = ex.outcome_suffix
         if d.note:
             self._note(job, inc, "wait", "timeout", d.note)
         self._note(job, inc, "decide", dry or "act",
@@ -433,6 +471,9 @@ class Remediator:
         # Confirm the choice now that nothing can be writing, and repair if needed.
         final = self._final_plan(job, inc, plan)
         if final is None:
+            held = getattr(ex, "held_hint", lambda: "")()
+            if held:  # a Slurm job requeued held by the kill waits for a person
+                self._note(job, inc, "slurm", "held", held.lstrip("; "))
             return
         plan = final
         self.store.add_evidence(inc.id, "checkpoints_skipped", list(plan.skipped))
@@ -448,6 +489,7 @@ class Remediator:
         frm = plan.describe()
         if dry:
             self._note(job, inc, plan.action, dry,
+                       f"would {frm}" if plan.slurm is not None else
                        f"would run {list(plan.argv)} in {plan.workdir}: {frm}")
             self.store.set_state(inc.id, "done", outcome="dry_run",
                                  reason=f"dry run: would {frm}")
@@ -461,9 +503,12 @@ class Remediator:
                 info.epoch, plan.edits.profile if plan.edits is not None else ""))
         self.store.set_run_env(job.name, plan.env, f"the environment trainguard launched "
                                                    f"incident {inc.id}'s {plan.action} with")
-        self._note(job, inc, plan.action, "started",
-                   f"pid {launched.pid}: {list(plan.argv)} in {plan.workdir}, output "
-                   f"appended to {plan.log_file}: {frm}")
+        if plan.slurm is not None:
+            self._note(job, inc, plan.action, "started", f"{' '.join(launched.argv)}: {frm}")
+        else:
+            self._note(job, inc, plan.action, "started",
+                       f"pid {launched.pid}: {list(plan.argv)} in {plan.workdir}, output "
+                       f"appended to {plan.log_file}: {frm}")
         self.store.add_evidence(inc.id, "launched", {
             "pid": launched.pid, "create_time": launched.create_time,
             "argv": list(launched.argv), "cwd": str(plan.workdir),

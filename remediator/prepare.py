@@ -46,6 +46,7 @@ from trainguard.script import ScriptError, read_script
 from .actions.launch import LaunchError, log_path, script_argv
 from .actions.script import FlagSet, render_resumed_copy, resume_argv
 from .runenv import RunEnv, find_python
+from .slurm import SlurmAction
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,8 @@ class Prepared:
     note: str = ""                   # what the trainer profile adds, and why
     edits: trainers.ResumeEdits | None = None   # the trainer profile's, for the ledger
                                                 # and the outputs the run writes again
+    # Slurm owns the job: how decide chose to restart it through Slurm (never locally).
+    slurm: SlurmAction | None = None
 
     @property
     def action(self) -> str:
@@ -103,6 +106,8 @@ class Prepared:
             what += f" after repairing it ({', '.join(c.repairs)})"
         if c is not None and c.env_fixes:
             what += f" with {dict(c.env_fixes)}"
+        if self.slurm is not None:
+            what += " " + self.slurm.describe()
         return what
 
 

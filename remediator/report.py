@@ -14,8 +14,9 @@ the rule alert that says the same in fewer words while the report is fresh.
 The report (annotations): ``summary`` (one line), ``seen`` (the alert in words, and the
 dead run's error line when its log had one), ``action`` (what trainguard did or refused to
 do, and why: the incident's reason), ``checkpoint`` (which one it resumed from),
-``next`` (what a person should do), ``status_page``.  Labels: ``alertname``,
-``training_job``, ``incident``, ``outcome``, ``severity``, ``remediate="false"``.
+``next`` (what a person should do), ``status_page``.  Labels: ``alertname``, ``host``
+(the alert's, when it had one), ``training_job``, ``incident``, ``outcome``,
+``severity``, ``remediate="false"``.
 
 Sending never blocks a decision: a background thread posts with a short timeout and a
 few retries, and a report that cannot be delivered is one log line.  Each incident is
@@ -158,8 +159,10 @@ def build(config: Config, job: JobConfig, inc: Incident, *, now: float | None = 
     if checkpoint:
         annotations["checkpoint"] = _clip(checkpoint, 300)
     return {
-        "labels": {"alertname": ALERTNAME, "training_job": job.name,
-                   "incident": str(inc.id), "outcome": outcome,
+        # The alert's own host label, absent when it had none (a single-host stack), so
+        # the inhibit rules' `equal: [host, training_job]` pair the report with it.
+        "labels": {"alertname": ALERTNAME, **({"host": inc.host} if inc.host else {}),
+                   "training_job": job.name, "incident": str(inc.id), "outcome": outcome,
                    "severity": SEVERITY[outcome], "remediate": "false"},
         "annotations": annotations,
         "startsAt": _rfc3339(now),

@@ -226,7 +226,10 @@ class StatusPage:
         for inc in self.store.incidents(limit=limit):
             failure = (f"{inc.failure_class}: {inc.failure_line}" if inc.failure_class
                        else "")
-            out.append({"id": inc.id, "job": inc.job, "alertname": inc.alertname,
+            # Another host's alert (ignored here) says where it came from.
+            job = (inc.job if not inc.host or inc.host == self.config.host
+                   else f"{inc.job} @ {inc.host}")
+            out.append({"id": inc.id, "job": job, "alertname": inc.alertname,
                         "when": time.strftime("%Y-%m-%d %H:%M:%S",
                                               time.localtime(inc.created)),
                         "state": inc.state, "outcome": inc.outcome or "",
@@ -246,7 +249,7 @@ dd{margin-left:1em}section{border:1px solid #ccc;padding:.5em 1em;margin:1em 0}<
 {% if not can_repair %}<p class="bad">torch is not installed here: checkpoints that need a
 repair for their run's environment cannot be repaired, and such runs are refused rather
 than restarted from scratch (pip install 'trainguard[torch]').</p>{% endif %}
-<p>Refreshes every 30 s. Config: <code>{{ config }}</code></p>
+<p>Host <code>{{ host }}</code>. Refreshes every 30 s. Config: <code>{{ config }}</code></p>
 <h2>Jobs</h2>
 {% for j in jobs %}<section id="job-{{ j.name }}"><h3>{{ j.name }}</h3><dl>
 <dt>trainguard</dt><dd class="{{ 'bad' if j.bad else '' }}">{{ j.state }}</dd>

@@ -3,8 +3,13 @@
 Why SQLite and not memory: Alertmanager delivers at least once and repeats while an alert
 fires, and the remediator itself may be restarted between two deliveries.  Acting twice
 on one alert means killing the run we just resumed.  So an incident's identity
-``(job, alertname, startsAt)`` is a UNIQUE key on disk, and the decision "is this new?"
-is one INSERT that either creates the row or finds it (answered before the HTTP reply).
+``(host, job, alertname, startsAt)`` is a UNIQUE key on disk, and the decision "is this
+new?" is one INSERT that either creates the row or finds it (answered before the HTTP
+reply).  The host is part of it because Prometheus evaluates a rule for every host at
+the same instant: two hosts' alerts for jobs of the same name share alertname and
+startsAt, and the one for another host (recorded ``ignored``) must never pass for a
+duplicate of this host's own.  Rows from before the host was known (schemas 2 and 3) keep
+host ``''``.
 
 WAL mode lets the status page read while a worker writes; one process-wide lock
 serialises writers (sqlite3 connections are not shared between threads here: one
@@ -26,7 +31,8 @@ Incident states (``state``):
                 repeat (remediator.failures): not relaunched; ``reason`` has the error
                 line and what to fix.  A delivery after ``trainguard remediator reset``
                 re-checks it.
-* ``ignored``   the alert named no configured job (kept so misrouting is visible)
+* ``ignored``   the alert named no configured job, or another host (kept so misrouting
+                is visible)
 
 The file holds command lines and the runs' environments (which may carry tokens): it is
 created 0600, and a looser existing one is tightened.
@@ -50,7 +56,9 @@ from typing import Any
 
 from trainguard.ledger import Resume, ResumeLedger
 
-SCHEMA_VERSION = 3
+# 2: paused, run environment, ledger; 3: a dead run's failure class; 4: the host joins an
+# incident's identity.
+SCHEMA_VERSION = 4
 
 OPEN_STATES = ("queued", "waiting", "acting")
 
@@ -70,7 +78,11 @@ CREATE TABLE IF NOT EXISTS incidents (
     updated REAL NOT NULL,
     deliveries INTEGER NOT NULL DEFAULT 1,
     evidence TEXT,
-    UNIQUE (job, alertname, starts_at)
+    failure_class TEXT,
+    failure_cause TEXT,
+    failure_line TEXT,
+    host TEXT NOT NULL DEFAULT '',
+    UNIQUE (host, job, alertname, starts_at)
 );
 CREATE INDEX IF NOT EXISTS incidents_job ON incidents (job, id);
 CREATE TABLE IF NOT EXISTS actions (
@@ -93,6 +105,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     budget_since REAL NOT NULL DEFAULT 0
 );
 """
+# Incident columns before the host joined the identity (schema 2), copied by _add_host.
+_INCIDENT_COLUMNS_V2 = ("id, job, alertname, starts_at, starts_ts, fingerprint, state, "
+                        "outcome, reason, created, updated, deliveries, evidence")
 # Columns added after version 1, applied to older files in place.
 _JOB_COLUMNS_V2 = {"paused": "INTEGER NOT NULL DEFAULT 0", "paused_reason": "TEXT",
                    "paused_at": "REAL", "run_env": "TEXT", "run_env_source": "TEXT",
@@ -100,7 +115,8 @@ _JOB_COLUMNS_V2 = {"paused": "INTEGER NOT NULL DEFAULT 0", "paused_reason": "TEX
 
 
 # Columns added in version 3: how the incident's run ended (remediator.failures), so the
-# one retry of a resources/resume failure is counted across incidents.
+# one retry of a resources/resume failure is counted across incidents.  (Files made
+# before version 3 get them here; _add_host's rebuild keeps them when they exist.)
 _INCIDENT_COLUMNS_V3 = {"failure_class": "TEXT", "failure_cause": "TEXT",
                         "failure_line": "TEXT"}
 
@@ -112,6 +128,7 @@ class StoreError(Exception):
 @dataclass(frozen=True)
 class Incident:
     id: int
+    host: str
     job: str
     alertname: str
     starts_at: str
@@ -130,7 +147,7 @@ class Incident:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "job": self.job, "alertname": self.alertname,
+            "id": self.id, "host": self.host, "job": self.job, "alertname": self.alertname,
             "starts_at": self.starts_at, "fingerprint": self.fingerprint,
             "state": self.state, "outcome": self.outcome, "reason": self.reason,
             "created": self.created, "updated": self.updated,
@@ -175,7 +192,8 @@ class JobState:
 def _incident(row: sqlite3.Row) -> Incident:
     ev = row["evidence"]
     return Incident(
-        id=row["id"], job=row["job"], alertname=row["alertname"], starts_at=row["starts_at"],
+        id=row["id"], host=row["host"], job=row["job"], alertname=row["alertname"],
+        starts_at=row["starts_at"],
         starts_ts=row["starts_ts"], fingerprint=row["fingerprint"], state=row["state"],
         outcome=row["outcome"], reason=row["reason"], created=row["created"],
         updated=row["updated"], deliveries=row["deliveries"],
@@ -208,6 +226,7 @@ class Store:
                     raise StoreError(
                         f"{self.path}: state file has schema version {row['value']}, newer "
                         f"than this trainguard understands ({SCHEMA_VERSION})")
+                _add_host(db)
                 have = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
                 for column, kind in _JOB_COLUMNS_V2.items():
                     if column not in have:
@@ -256,23 +275,24 @@ class Store:
 
     def open_incident(self, job: str, alertname: str, starts_at: str, starts_ts: float | None,
                       fingerprint: str | None, state: str = "queued",
-                      reason: str | None = None) -> tuple[Incident, bool]:
+                      reason: str | None = None, host: str = "") -> tuple[Incident, bool]:
         """Create the incident, or count one more delivery of an existing one.
 
         Returns ``(incident, created)``; ``created`` is False for a duplicate delivery.
         """
         now = time.time()
+        key = (host, job, alertname, starts_at)
         with self._tx() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO incidents (job, alertname, starts_at, starts_ts, "
-                "fingerprint, state, reason, created, updated) VALUES (?,?,?,?,?,?,?,?,?)",
-                (job, alertname, starts_at, starts_ts, fingerprint, state, reason, now, now))
+                "INSERT OR IGNORE INTO incidents (host, job, alertname, starts_at, starts_ts, "
+                "fingerprint, state, reason, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (*key, starts_ts, fingerprint, state, reason, now, now))
             created = cur.rowcount == 1
             if not created:
-                db.execute("UPDATE incidents SET deliveries = deliveries + 1 WHERE job=? AND "
-                           "alertname=? AND starts_at=?", (job, alertname, starts_at))
-            row = db.execute("SELECT * FROM incidents WHERE job=? AND alertname=? AND "
-                             "starts_at=?", (job, alertname, starts_at)).fetchone()
+                db.execute("UPDATE incidents SET deliveries = deliveries + 1 WHERE host=? AND "
+                           "job=? AND alertname=? AND starts_at=?", key)
+            row = db.execute("SELECT * FROM incidents WHERE host=? AND job=? AND alertname=? "
+                             "AND starts_at=?", key).fetchone()
         return _incident(row), created
 
     def get_incident(self, incident_id: int) -> Incident | None:
@@ -294,15 +314,17 @@ class Store:
         with self._tx() as db:
             return db.execute(sql, args).rowcount == 1
 
-    def cancel_open(self, job: str, alertname: str, starts_at: str) -> Incident | None:
+    def cancel_open(self, job: str, alertname: str, starts_at: str,
+                    host: str = "") -> Incident | None:
         """A resolved alert: cancel its incident if no action has started yet."""
+        key = (host, job, alertname, starts_at)
         with self._tx() as db:
             db.execute("UPDATE incidents SET state='cancelled', reason=?, updated=? WHERE "
-                       "job=? AND alertname=? AND starts_at=? AND state IN ('queued','waiting')",
-                       ("the alert resolved before any action started", time.time(),
-                        job, alertname, starts_at))
-            row = db.execute("SELECT * FROM incidents WHERE job=? AND alertname=? AND "
-                             "starts_at=?", (job, alertname, starts_at)).fetchone()
+                       "host=? AND job=? AND alertname=? AND starts_at=? AND state IN "
+                       "('queued','waiting')",
+                       ("the alert resolved before any action started", time.time(), *key))
+            row = db.execute("SELECT * FROM incidents WHERE host=? AND job=? AND alertname=? "
+                             "AND starts_at=?", key).fetchone()
         return _incident(row) if row else None
 
     def add_evidence(self, incident_id: int, key: str, value: Any, *,
@@ -474,6 +496,24 @@ def summarize(incident: Incident, actions: list[Action]) -> Mapping[str, Any]:
     out = incident.to_json()
     out["actions"] = [a.to_json() for a in actions]
     return out
+
+
+def _add_host(db: sqlite3.Connection) -> None:
+    """Schema 2/3 -> 4: the incidents table gets ``host`` in its identity.  SQLite cannot
+    change a UNIQUE constraint in place, so the table is rebuilt (same ids, host '';
+    a version 3 file's failure columns are copied too)."""
+    have = {r["name"] for r in db.execute("PRAGMA table_info(incidents)")}
+    if "host" in have:
+        return
+    columns = _INCIDENT_COLUMNS_V2 + "".join(
+        f", {c}" for c in _INCIDENT_COLUMNS_V3 if c in have)
+    db.execute("ALTER TABLE incidents RENAME TO incidents_v2")
+    create = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS incidents"):]
+    db.execute(create[:create.index(";")])
+    db.execute(f"INSERT INTO incidents ({columns}, host) "  # noqa: S608
+               f"SELECT {columns}, '' FROM incidents_v2")
+    db.execute("DROP TABLE incidents_v2")
+    db.execute("CREATE INDEX IF NOT EXISTS incidents_job ON incidents (job, id)")
 
 
 def _private(path: Path) -> None:

@@ -225,19 +225,19 @@ def document(config: Config, *, url: str | None = None, token_file: str | None =
             "http_config": http}]})
     routes.append({
         "receiver": REPORTS, "matchers": [f'alertname="{REPORT_ALERT}"'],
-        "group_by": ["training_job", "alertname", "incident"],
+        "group_by": ["host", "training_job", "alertname", "incident"],
         "group_wait": "5s", "group_interval": "1m", "repeat_interval": "24h"})
     routes.append({"receiver": NOTIFY})
     receivers.append(_receiver(NOTIFY, config, reports=False, inline=inline_secrets))
     receivers.append(_receiver(REPORTS, config, reports=True, inline=inline_secrets))
     return {
         "global": {"resolve_timeout": "5m"},
-        "route": {"receiver": NOTIFY, "group_by": ["training_job", "alertname"],
+        "route": {"receiver": NOTIFY, "group_by": ["host", "training_job", "alertname"],
                   "group_wait": "10s", "group_interval": "1m", "repeat_interval": "4h",
                   "routes": routes},
         "inhibit_rules": [
             {"source_matchers": [f'alertname="{REPORT_ALERT}"', f'outcome="{outcome}"'],
-             "target_matchers": [f'alertname="{target}"'], "equal": ["training_job"]}
+             "target_matchers": [f'alertname="{target}"'], "equal": ["host", "training_job"]}
             for outcome, target in INHIBITS.items()],
         "receivers": receivers,
     }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,9 @@ from typing import Any, TypeVar
 import yaml
 
 JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9_.-]+$")
+# A host name as the `host` label carries it (DESIGN.md §2): it goes into Alertmanager
+# matchers and receiver names (trainguard.fleet), so only characters that need no quoting.
+HOST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # The arguments by which a training command names where it writes (trainguard.process,
 # rule 3): sd-scripts, diffusers examples and the HF Trainer all use --output_dir.
 DEFAULT_OUTPUT_FLAGS = ("--output_dir", "--output-dir", "--outdir", "--out_dir")
@@ -72,14 +76,33 @@ def parse_listen(text: str) -> Listen:
 
 
 @dataclass(frozen=True)
+class SlurmConfig:
+    """Slurm owns the job: the remediator requeues it instead of starting anything itself.
+
+    Why: a process started outside the allocation is not part of the Slurm job (the job
+    ends FAILED and its resources are freed), so for such a job nothing is ever launched
+    locally (remediator.slurm).  The job's id is read from its training process
+    (``SLURM_JOB_ID`` in /proc/PID/environ, else ``scontrol pidinfo``); only when no
+    process of it lives is it looked up by ``job_name`` among this user's jobs.
+    """
+
+    job_name: str             # the Slurm job name (#SBATCH --job-name); default: the job's
+    # How long the remediator waits after a requeue for Slurm to run the job again before
+    # it reports the job as requeued but still pending (a busy cluster is not a failure).
+    start_timeout_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
 class LaunchConfig:
-    """How to (re)start a job.  Exactly one of ``script`` and ``command`` is set."""
+    """How to (re)start a job.  Exactly one of ``script`` and ``command`` is set; with
+    ``slurm``, ``script`` is the batch script (what was given to ``sbatch``)."""
 
     workdir: Path
     script: Path | None = None
     command: tuple[str, ...] | None = None
     resume_flag: str = "--resume"
     env: Mapping[str, str] = field(default_factory=dict)
+    slurm: SlurmConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +206,12 @@ class NotifyConfig:
     status_url: str | None = None
 
 
+def default_host() -> str:
+    """This machine's short host name: what a fleet's scrape targets are labelled with
+    unless the config says otherwise (deploy/README.md "A fleet of hosts")."""
+    return socket.gethostname().split(".")[0] or "localhost"
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path
@@ -190,6 +219,10 @@ class Config:
     exporter: ExporterConfig
     remediator: RemediatorConfig
     notify: NotifyConfig | None = None
+    # The host these jobs run on: the `host` label Prometheus puts on this host's
+    # targets.  The remediator acts only on alerts for it (an alert with no host label
+    # is taken as its own: a single-host stack labels nothing).
+    host: str = field(default_factory=default_host)
 
     def job(self, name: str) -> JobConfig | None:
         """The configured job with this exact name, or None."""
@@ -283,8 +316,8 @@ def _kind(value: Any) -> str:
             int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
 
 
-def _launch(r: _Reader, data: Any, kp: str) -> LaunchConfig:
-    d = r.mapping(data, kp, {"script", "command", "workdir", "resume_flag", "env"})
+def _launch(r: _Reader, data: Any, kp: str, job_name: str) -> LaunchConfig:
+    d = r.mapping(data, kp, {"script", "command", "workdir", "resume_flag", "env", "slurm"})
     script = r.opt(d, "script", kp, r.path, None)
     command: tuple[str, ...] | None = None
     if d.get("command") is not None:
@@ -316,8 +349,27 @@ def _launch(r: _Reader, data: Any, kp: str) -> LaunchConfig:
             if isinstance(v, bool) or not isinstance(v, str | int | float):
                 raise r.fail(_join(ekp, k), f"expected a string, got {_kind(v)}")
             env[k] = str(v)
+    slurm = None
+    if d.get("slurm") is not None:
+        slurm = _slurm(r, d["slurm"], _join(kp, "slurm"), job_name)
+        if script is None:
+            raise r.fail(_join(kp, "slurm"), "a Slurm job needs launch.script: its batch "
+                                             "script (what you give to sbatch)")
     return LaunchConfig(workdir=workdir, script=script, command=command,
-                        resume_flag=resume_flag, env=env)
+                        resume_flag=resume_flag, env=env, slurm=slurm)
+
+
+def _slurm(r: _Reader, data: Any, kp: str, job_name: str) -> SlurmConfig:
+    if data is True:
+        data = {}
+    d = r.mapping(data, kp, {"job_name", "start_timeout_seconds"})
+    name = r.opt(d, "job_name", kp, r.string, job_name)
+    if not JOB_NAME_RE.match(name):
+        raise r.fail(_join(kp, "job_name"),
+                     f"expected letters, digits, '_', '.', '-' only, got {name!r}")
+    return SlurmConfig(job_name=name,
+                       start_timeout_seconds=r.opt(d, "start_timeout_seconds", kp, r.number,
+                                                   SlurmConfig.start_timeout_seconds))
 
 
 def _job(r: _Reader, data: Any, kp: str) -> JobConfig:
@@ -330,7 +382,8 @@ def _job(r: _Reader, data: Any, kp: str) -> JobConfig:
     if not JOB_NAME_RE.match(name):
         raise r.fail(_join(kp, "name"),
                      f"expected letters, digits, '_', '.', '-' only, got {name!r}")
-    launch = None if d.get("launch") is None else _launch(r, d["launch"], _join(kp, "launch"))
+    launch = None if d.get("launch") is None else _launch(r, d["launch"], _join(kp, "launch"),
+                                                          name)
     return JobConfig(
         name=name,
         output_dir=r.path(d["output_dir"], _join(kp, "output_dir")),
@@ -535,7 +588,11 @@ def parse_config(data: Any, file: Path) -> Config:
     r = _Reader(file)
     if data is None:
         data = {}
-    top = r.mapping(data, "", {"jobs", "exporter", "remediator", "notify"})
+    top = r.mapping(data, "", {"host", "jobs", "exporter", "remediator", "notify"})
+    host = r.opt(top, "host", "", r.string, None)
+    if host is not None and not HOST_NAME_RE.match(host):
+        raise r.fail("host", "expected a host name of letters, digits, '_', '.', '-' "
+                             f"(the `host` label of this host's scrape targets), got {host!r}")
     raw_jobs = top.get("jobs")
     if not isinstance(raw_jobs, list) or not raw_jobs:
         raise r.fail("jobs", "expected a non-empty list of jobs")
@@ -565,7 +622,7 @@ def parse_config(data: Any, file: Path) -> Config:
     remediator = _remediator(r, {} if raw_remediator is None else raw_remediator, "remediator")
     notify = None if top.get("notify") is None else _notify(r, top["notify"], "notify")
     return Config(path=file, jobs=jobs, exporter=exporter, remediator=remediator,
-                  notify=notify)
+                  notify=notify, host=host if host is not None else default_host())
 
 
 def load_config(path: str | Path) -> Config:

@@ -28,7 +28,7 @@ def config(tmp_path: Path) -> Config:
 
 
 def incident(**kw: object) -> Incident:
-    base = Incident(id=12, job="lora", alertname="TrainingStalled", starts_at="x",
+    base = Incident(id=12, host="", job="lora", alertname="TrainingStalled", starts_at="x",
                     starts_ts=NOW - 600, fingerprint=None, state="done", outcome="resumed",
                     reason="resume from /o/lora-step00000020-state (step 20): pid 7 alive",
                     created=NOW - 60, updated=NOW, deliveries=1,
@@ -42,6 +42,9 @@ def test_a_rescue_says_what_was_seen_what_was_done_and_from_where(config: Config
     assert a is not None
     assert a["labels"] == {"alertname": ALERTNAME, "training_job": "lora", "incident": "12",
                            "outcome": "resumed", "severity": "info", "remediate": "false"}
+    # A fleet's alert has a host label; its report repeats it (the inhibit rules pair on it).
+    fleet = build(config, config.jobs[0], incident(host="gpu-b"), now=NOW)
+    assert fleet is not None and fleet["labels"]["host"] == "gpu-b"
     ann = a["annotations"]
     assert ann["summary"] == "lora: rescued: resumed from its newest usable checkpoint"
     assert ann["seen"].startswith("no training progress")
