@@ -67,9 +67,9 @@ def report_of_a_missing_module(config_file: Path) -> dict[str, Any]:
     """The remediator's own report of a failed-for-good incident (remediator.report)."""
     config = load_config(config_file)
     inc = Incident(
-        id=7, job="lora", alertname="TrainingProcessDown", starts_at="x", starts_ts=0.0,
+        id=7, host="", job="lora", alertname="TrainingProcessDown", starts_at="x", starts_ts=0.0,
         fingerprint=None, state="failed_permanently", outcome="failed_permanently",
-        reason="not relaunched: the run's its log says \"ModuleNotFoundError: No module named "
+        reason="not relaunched: the run's log says \"ModuleNotFoundError: No module named "
                "'library'\" ...", created=0.0, updated=0.0, deliveries=1, evidence=None,
         failure_class="configuration", failure_cause="module-not-found",
         failure_line="ModuleNotFoundError: No module named 'library'")

@@ -144,7 +144,11 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
     env["PATH"] = f"{REPO / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     hang_file = tmp_path / "hang-now"
     # The tiny trainer: its --hang_file makes the resumed run hang a second time on cue.
+    # Its caching phase keeps every start step-less for 25 s, so the start-up grace (which
+    # ends at the first step) lasts past two of Prometheus' 15 s scrape-and-evaluate
+    # rounds and the first stack surely records the resumed run as quiet.
     run = make_run(tmp_path / "fluxgym", "my-lora", trainer=TINY_TRAIN, flags=[
+        "--caching_seconds", "25",
         "--max_train_steps", "100000", "--save_every_n_steps", "10", "--step_seconds", "0.25",
         "--hang_at_step", "12", "--hang_mode", "idle", "--once_marker", str(tmp_path / "once"),
         "--hang_file", str(hang_file), "--fake_gpu", str(gpus.path(0))])
