@@ -172,7 +172,10 @@ class Remediator:
     # ------------------------------------------------------------------ receiving
 
     def submit(self, alert: Alert) -> str:
-        """Record one alert and queue it when it is new; returns what was decided."""
+        """Record one alert and queue it when it is new; returns what was decided.
+
+        One store transaction per firing alert of a configured job (Store.receive); the
+        rest of the work is the worker's, which lets the receiver finish first."""
         job = self.config.job(alert.job)
         if job is None:
             name = alert.job[:200]
@@ -192,20 +195,15 @@ class Remediator:
                          alert.alertname, inc2.id)
                 return "cancelled"
             return "resolved"
-        js = self.store.job_state(job.name)
-        if js.last_process_start is not None and alert.starts_ts < js.last_process_start:
-            _inc, created = self.store.open_incident(
-                job.name, alert.alertname, alert.starts_at, alert.starts_ts, alert.fingerprint,
-                state="skipped",
-                reason=f"stale: the alert started at {_fmt(alert.starts_ts)}, before the run "
-                       f"trainguard started at {_fmt(js.last_process_start)}")
+        inc, created, stale = self.store.receive(
+            job.name, alert.alertname, alert.starts_at, alert.starts_ts, alert.fingerprint,
+            lambda launched: f"stale: the alert started at {_fmt(alert.starts_ts)}, before "
+                             f"the run trainguard started at {_fmt(launched)}")
+        if stale:
             if created:
                 log.info("%s: %s started %s, before the last remediation's run: stale, skipped",
                          job.name, alert.alertname, _fmt(alert.starts_ts))
-                self.store.record(job.name, _inc.id, "skip", "skipped", "stale alert")
             return "stale"
-        inc, created = self.store.open_incident(job.name, alert.alertname, alert.starts_at,
-                                                alert.starts_ts, alert.fingerprint)
         if not created:
             if inc.state == "refused" and time.time() - inc.updated >= \
                     self.rc.refused_recheck_seconds and self.store.set_state(
@@ -215,9 +213,7 @@ class Remediator:
                 self._queues[job.name].put(inc.id)
                 return "rechecking"
             return "duplicate"
-        log.info("%s: new incident %d for %s (started %s): queued", job.name, inc.id,
-                 alert.alertname, _fmt(alert.starts_ts))
-        self._queues[job.name].put(inc.id)
+        self._queues[job.name].put(inc.id)  # the worker logs it (no I/O on this path)
         return "queued"
 
     # ------------------------------------------------------------------ the worker
@@ -251,6 +247,9 @@ class Remediator:
         inc = self.store.get_incident(incident_id)
         if inc is None or inc.state not in ("queued", "waiting", "acting"):
             return
+        log.info("%s: incident %d for %s (started %s, received %s, %d deliveries): handling",
+                 job.name, inc.id, inc.alertname, _fmt(inc.starts_ts), _fmt(inc.created),
+                 inc.deliveries)
         saving_since: float | None = None
         noted: set[str] = set()
         while True:
