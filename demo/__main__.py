@@ -66,7 +66,24 @@ def setup(args: argparse.Namespace, workdir: Path) -> tuple[Stack, FluxGymRun, d
     return stack, run, env
 
 
-def summary(narrator: Narrator, stack: Stack, run: FluxGymRun, hang_kind: str) -> None:
+def where_to_look(stack: Stack, stays_up: bool) -> list[str]:
+    """The "Where to look" lines: each page, and when it goes away (with the demo's stack,
+    which stops when the demo ends)."""
+    pages = stack.where_to_look()
+    width = max(len(what) for what, _ in pages) + 1
+    lines = ["Where to look" + (" (until you press Enter: then the demo stops its stack, "
+                                "and these pages with it)" if stays_up else
+                                " (only until the demo exits, right after this: its stack "
+                                "stops with it; to look around, run the demo in a terminal "
+                                "without --no-wait, or start your own stack with "
+                                "deploy/run-stack.sh)")]
+    lines += [f"  {what + ':':<{width}} {url}" for what, url in pages]
+    lines += [f"  everything the demo wrote, logs included: {stack.workdir}"]
+    return lines
+
+
+def summary(narrator: Narrator, stack: Stack, run: FluxGymRun, hang_kind: str,
+            stays_up: bool) -> None:
     hang = narrator.first("hang")
     resumed = narrator.first("start", after=hang["time"]) if hang else None
     stepped = narrator.first("first_step", after=resumed["time"]) if resumed else None
@@ -87,11 +104,8 @@ def summary(narrator: Narrator, stack: Stack, run: FluxGymRun, hang_kind: str) -
     print(f"  the resumed copy trainguard wrote beside it and ran: "
           f"{', '.join(p.name for p in run.output_dir.glob('*trainguard*')) or 'none'}")
     print()
-    print("Where to look")
-    print(f"  remediator status page: {stack.url('remediator', '/')}")
-    print(f"  Prometheus alerts:      {stack.url('prometheus', '/alerts')}")
-    print(f"  exporter metrics:       {stack.url('exporter', '/metrics')}")
-    print(f"  everything the demo wrote, logs included: {stack.workdir}")
+    for line in where_to_look(stack, stays_up):
+        print(line)
     print()
     print("Point trainguard at a real FluxGym run")
     print("  trainguard init /workspace/fluxgym/outputs/<your-lora>  # writes trainguard.yaml")
@@ -121,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nthe run did not finish within {args.timeout:.0f}s; remediator log:\n"
                   + stack.log_tail("remediator"), file=sys.stderr)
             return 1
-        summary(narrator, stack, run, args.hang)
-        if sys.stdin.isatty() and not args.no_wait:
+        stays_up = sys.stdin.isatty() and not args.no_wait
+        summary(narrator, stack, run, args.hang, stays_up)
+        if stays_up:
             print("\nThe stack stays up so you can look around; press Enter (or Ctrl-C) to stop.")
             with contextlib.suppress(EOFError, KeyboardInterrupt):
                 input()

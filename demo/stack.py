@@ -83,6 +83,17 @@ def binary(*names: str) -> str:
     raise FileNotFoundError(f"none of {', '.join(names)} is installed (run scripts/bootstrap.sh)")
 
 
+def prometheus_ui_prefix(prometheus: str | None = None) -> str:
+    """Where Prometheus serves its alert and target pages: Debian's 2.x package serves only
+    the classic UI (``/classic/alerts``; ``/alerts`` is 404), 3.x only the new one."""
+    try:
+        out = subprocess.run([prometheus or binary("prometheus"), "--version"],
+                             capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "/classic"
+    return "/classic" if "version 2." in (out.stdout + out.stderr) else ""
+
+
 def tunables_yaml(values: Mapping[str, float]) -> str:
     """A tunables override file: deploy's record names, these values."""
     default = yaml.safe_load((RULES_DIR / "tunables.yml").read_text())
@@ -144,13 +155,18 @@ class Stack:
             log.close()
 
     def start(self, *, env: Mapping[str, str] | None = None,
-              tunables: Mapping[str, float] = FAST_TUNABLES, interval_s: float = 1.0) -> None:
-        """Start all four processes and wait until each answers."""
+              tunables: Mapping[str, float] | None = FAST_TUNABLES,
+              interval_s: float = 1.0, fast_alertmanager: bool = True) -> None:
+        """Start all four processes and wait until each answers.
+
+        ``tunables=None`` runs deploy's own tunables.yml; with ``interval_s=15`` and
+        ``fast_alertmanager=False`` the stack times everything as shipped.
+        """
         trainguard = shutil.which("trainguard", path=os.environ.get("PATH")) or "trainguard"
         self._spawn("exporter", [trainguard, "exporter", "--config", str(self.config_path)], env)
         self._spawn("remediator", [trainguard, "remediator", "--config", str(self.config_path)],
                     env)
-        self._write_alertmanager_config()
+        self._write_alertmanager_config(fast_alertmanager)
         self._spawn("alertmanager", [
             binary("prometheus-alertmanager", "alertmanager"),
             f"--config.file={self.workdir / 'alertmanager.yml'}",
@@ -169,9 +185,13 @@ class Stack:
                            ("alertmanager", "/-/ready"), ("prometheus", "/-/ready")):
             self.wait_http(name, path)
 
-    def _write_prometheus_config(self, tunables: Mapping[str, float], interval_s: float) -> None:
+    def _write_prometheus_config(self, tunables: Mapping[str, float] | None,
+                                 interval_s: float) -> None:
         override = self.workdir / "tunables.yml"
-        override.write_text(tunables_yaml(tunables))
+        if tunables is None:
+            override.write_text((RULES_DIR / "tunables.yml").read_text())
+        else:
+            override.write_text(tunables_yaml(tunables))
         rule_files = sorted(str(p) for p in RULES_DIR.glob("*.yml") if p.name != "tunables.yml")
         interval = f"{interval_s:g}s"
         config = {
@@ -188,8 +208,9 @@ class Stack:
         }
         (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
 
-    def _write_alertmanager_config(self) -> None:
-        """deploy's alertmanager.yml, pointed at this stack's remediator and token file."""
+    def _write_alertmanager_config(self, fast: bool = True) -> None:
+        """deploy's alertmanager.yml, pointed at this stack's remediator and token file
+        (with ``fast``, grouping timers in seconds instead of deploy's)."""
         config = yaml.safe_load(ALERTMANAGER_YML.read_text())
         url = f"http://127.0.0.1:{self.ports['remediator']}/alerts"
         found = False
@@ -203,16 +224,24 @@ class Stack:
         if not found:
             raise ValueError(f"{ALERTMANAGER_YML}: no webhook receiver ending in /alerts")
         route = config["route"]
-        route["group_wait"] = f"{GROUP_WAIT_SECONDS:g}s"
-        route["group_interval"] = "2s"
-        for sub in route.get("routes", []) or []:
-            sub["group_wait"] = f"{GROUP_WAIT_SECONDS:g}s"
-            sub["group_interval"] = "2s"
+        for r in [route, *(route.get("routes", []) or [])] if fast else []:
+            r["group_wait"] = f"{GROUP_WAIT_SECONDS:g}s"
+            r["group_interval"] = "2s"
         (self.workdir / "alertmanager.yml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     # ------------------------------------------------------------------ talking to it
     def url(self, name: str, path: str = "") -> str:
         return f"http://127.0.0.1:{self.ports[name]}{path}"
+
+    def where_to_look(self) -> list[tuple[str, str]]:
+        """(what, URL) of the pages a person can open while this stack runs.  Debian's
+        Alertmanager has no web UI (its / says so), so its alerts are the JSON API."""
+        ui = prometheus_ui_prefix()
+        return [("remediator status page", self.url("remediator", "/")),
+                ("Prometheus alerts", self.url("prometheus", f"{ui}/alerts")),
+                ("Prometheus targets", self.url("prometheus", f"{ui}/targets")),
+                ("Alertmanager alerts (JSON)", self.url("alertmanager", "/api/v2/alerts")),
+                ("exporter metrics", self.url("exporter", "/metrics"))]
 
     def get(self, name: str, path: str, *, token: bool = False, timeout: float = 5.0) -> bytes:
         request = urllib.request.Request(self.url(name, path))  # noqa: S310 - http only

@@ -24,6 +24,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.collectors.base import CollectorSet
 from exporter.collectors.checkpoint import CheckpointCollector
+from exporter.collectors.disk import DiskCollector
 from exporter.collectors.gpu import GpuCollector
 from exporter.collectors.process import ProcessCollector
 from exporter.collectors.progress import ProgressCollector
@@ -57,6 +58,7 @@ def build_registry(config: Config, session: NvmlSession | None = None,
             CheckpointCollector(config.jobs,
                                 rescan_seconds=config.exporter.checkpoint_rescan_seconds,
                                 writing_fresh_seconds=config.exporter.writing_fresh_seconds),
+            DiskCollector(config.jobs),
         ],
         processes=matcher.match,
     )

@@ -7,20 +7,24 @@ and network errors only, DESIGN.md §4):
   bearer token; 413 over ``max_body_bytes``; 400 naming the problem for non-JSON or a
   payload that is not Alertmanager's v4 shape (retrying a malformed body cannot help);
   **202** once every alert is recorded and, if new, queued.  Alerts for an unknown
-  ``training_job`` are recorded as ``ignored`` and still get 202: one notification may
-  group alerts of several jobs, and a 4xx would make Alertmanager drop the known ones'
-  delivery too.  Misrouting stays visible in the log and in ``/api/incidents``.  503 only
+  ``training_job``, or for another ``host`` than the config's, are recorded as
+  ``ignored`` and still get 202: one notification may group alerts of several jobs, and
+  a 4xx would make Alertmanager drop the known ones' delivery too.  Misrouting stays
+  visible in the log and in ``/api/incidents``.  503 only
   when the state store cannot persist, so Alertmanager retries later.
 * ``GET /metrics`` — this process's own registry (never the default one).
 * ``GET /healthz`` — 200 ``ok`` while the store answers.
 * ``GET /api/incidents`` — JSON, **token required**: incidents carry evidence (command
   lines, stacks) that may hold paths and arguments people do not want on a shared host.
 * ``POST /api/jobs/<job>/reset`` — token required; re-arms a job that gave up.
-* ``GET /`` — a small HTML status page without the evidence (no token, since a browser
-  cannot send one; the server listens on 127.0.0.1 by default).
+* ``GET /`` — the HTML status page (remediator.status): each job's state, progress,
+  newest checkpoint, what trainguard will do next and the commands, and the last
+  incidents with their reasons; without the evidence (no token, since a browser cannot
+  send one; the server listens on 127.0.0.1 by default).
 
-Nothing from an alert becomes a path, a flag or a command: only the ``training_job``
-label is read, to look up a configured job.  The token is never logged.
+Nothing from an alert becomes a path, a flag or a command: only the ``host`` and
+``training_job`` labels are read, compared with the config's host and job names.  The
+token is never logged.
 """
 
 from __future__ import annotations
@@ -28,9 +32,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import threading
-import time
-from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, render_template_string, request
@@ -39,16 +40,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from werkzeug.exceptions import HTTPException
 
-from trainguard.checkpoint import CheckpointScanner
 from trainguard.config import Config
+from trainguard.secrets import SecretError, read_secret
 
 from .pipeline import Alert, Remediator, parse_time
+from .status import PAGE, StatusPage
 from .store import Store, StoreError, summarize
 
 log = logging.getLogger("remediator.http")
 
 EXTENSION = "trainguard_remediator"
-STATUS_RESCAN_SECONDS = 5.0
 
 
 class TokenError(Exception):
@@ -67,16 +68,9 @@ def load_token(config: Config) -> str:
                          "not run without a bearer token (create one, e.g. with `trainguard "
                          "init`)")
     try:
-        mode = Path(path).stat().st_mode
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TokenError(f"{path}: cannot read the webhook token file "
-                         f"(remediator.token_file): {exc.__class__.__name__}") from None
-    if mode & 0o077:
-        # As ssh does with keys: a secret others can read is not a secret.  Refusing is
-        # louder than a warning nobody reads, and the fix is one command.
-        raise TokenError(f"{path}: the webhook token file is readable by other users (mode "
-                         f"{mode & 0o777:o}); run `chmod 600 {path}`")
+        token = read_secret(path, "the webhook token file (remediator.token_file)")
+    except SecretError as exc:
+        raise TokenError(str(exc)) from None
     if len(token) < 16 or any(c.isspace() for c in token):
         raise TokenError(f"{path}: the webhook token must be one line of at least 16 "
                          "non-space characters")
@@ -149,7 +143,8 @@ def parse_payload(data: Any) -> list[Alert]:
         out.append(Alert(job=labels.get("training_job", ""),
                          alertname=labels.get("alertname", "unnamed"),
                          status=status, starts_at=starts, starts_ts=starts_ts,
-                         fingerprint=fp if isinstance(fp, str) else None))
+                         fingerprint=fp if isinstance(fp, str) else None,
+                         host=labels.get("host") or None))
     return out
 
 
@@ -185,39 +180,30 @@ class _StoreCollector(Collector):
         gave = GaugeMetricFamily("trainguard_remediator_gave_up",
                                  "1 while the job's restart budget is spent (reset re-arms)",
                                  labels=["training_job"])
+        failed = GaugeMetricFamily(
+            "trainguard_remediator_failed_permanently",
+            "1 while the job's latest incident ended without a relaunch because the run's "
+            "log shows a failure a restart repeats; class and cause name the row of "
+            "remediator.failures (the error line is in the incident and the report); 0, "
+            "without class and cause, otherwise",
+            labels=["training_job", "class", "cause"])
         for job in self.config.jobs:
             js = self.store.job_state(job.name)
             last.add_metric([job.name], js.last_remediation or 0.0)
             gave.add_metric([job.name], 1.0 if js.gave_up else 0.0)
             paused.add_metric([job.name], 1.0 if js.paused else 0.0)
-            latest = self.store.latest_outcome(job.name)
-            refused.add_metric([job.name], 1.0 if latest and latest[0] == "refused" else 0.0)
-        yield from (total, last, gave, paused, refused)
+            latest = self.store.latest_decided(job.name)
+            state = latest.state if latest is not None else None
+            refused.add_metric([job.name], 1.0 if state == "refused" else 0.0)
+            if latest is not None and state == "failed_permanently":
+                failed.add_metric([job.name, latest.failure_class or "unknown",
+                                   latest.failure_cause or "unknown"], 1.0)
+            else:
+                failed.add_metric([job.name, "", ""], 0.0)
+        yield from (total, last, gave, paused, refused, failed)
 
 
 # --------------------------------------------------------------------------- app
-
-_STATUS_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>trainguard remediator</title>
-<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}
-td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left}.bad{color:#b00}</style>
-</head><body><h1>trainguard remediator</h1>
-<p>{{ 'DRY RUN: decisions are recorded, nothing is touched.' if dry_run else '' }}</p>
-{% if not can_repair %}<p class="bad">torch is not installed here: checkpoints that need a
-repair for their run's environment cannot be repaired, and such runs are refused rather
-than restarted from scratch (pip install 'trainguard[torch]').</p>{% endif %}
-<h2>Jobs</h2><table><tr><th>job</th><th>state</th><th>last restart</th>
-<th>checkpoints (newest first)</th></tr>
-{% for j in jobs %}<tr><td>{{ j.name }}</td>
-<td class="{{ 'bad' if j.gave_up else '' }}">{{ j.state }}</td><td>{{ j.last }}</td>
-<td>{% for c in j.checkpoints %}{{ c }}<br>{% endfor %}</td></tr>{% endfor %}
-</table><h2>Recent incidents</h2><table><tr><th>#</th><th>job</th><th>alert</th>
-<th>started</th><th>state</th><th>outcome</th><th>reason</th></tr>
-{% for i in incidents %}<tr><td>{{ i.id }}</td><td>{{ i.job }}</td><td>{{ i.alertname }}</td>
-<td>{{ i.starts_at }}</td><td>{{ i.state }}</td><td>{{ i.outcome or '' }}</td>
-<td>{{ i.reason or '' }}</td></tr>{% endfor %}</table></body></html>
-"""
-
 
 def create_app(config: Config, *, token: str | None = None, store: Store | None = None,
                start_workers: bool = True) -> Flask:
@@ -293,8 +279,8 @@ def create_app(config: Config, *, token: str | None = None, store: Store | None 
         except PayloadError as exc:
             log.warning("webhook payload refused: %s", exc)
             return error(400, str(exc))
-        decisions = [{"training_job": a.job, "alertname": a.alertname, "status": a.status,
-                      "decision": remediator.submit(a)} for a in parsed]
+        decisions = [{"host": a.host, "training_job": a.job, "alertname": a.alertname,
+                      "status": a.status, "decision": remediator.submit(a)} for a in parsed]
         return _json(202, {"accepted": len(parsed), "alerts": decisions})
 
     @app.get("/metrics")
@@ -349,24 +335,14 @@ def create_app(config: Config, *, token: str | None = None, store: Store | None 
     def unpause(job: str) -> Response:
         return set_paused(job, False)
 
-    checkpoints = _CheckpointLines(config)
+    page = StatusPage(config, store, remediator)
 
     @app.get("/")
     def status() -> str:
-        jobs = []
-        for job in config.jobs:
-            js = store.job_state(job.name)
-            busy = remediator.busy(job.name)
-            state = ("gave up: " + (js.gave_up_reason or "") if js.gave_up
-                     else f"handling incident {busy}" if busy else "armed")
-            if js.paused:
-                state = f"paused: {js.paused_reason or ''}"
-            jobs.append({"name": job.name, "state": state, "gave_up": js.gave_up,
-                         "last": _when(js.last_remediation),
-                         "checkpoints": checkpoints.lines(job.name)})
-        return render_template_string(_STATUS_PAGE, jobs=jobs, dry_run=config.remediator.dry_run,
-                                      can_repair=remediator.can_repair,
-                                      incidents=store.incidents(limit=50))
+        return render_template_string(PAGE, jobs=page.jobs(), incidents=page.incidents(),
+                                      dry_run=config.remediator.dry_run, config=config.path,
+                                      host=config.host,
+                                      can_repair=remediator.can_repair)
 
     if start_workers:
         remediator.start()
@@ -377,39 +353,6 @@ def _json(status: int, body: Any) -> Response:
     resp = jsonify(body)
     resp.status_code = status
     return resp
-
-
-def _when(ts: float | None) -> str:
-    return "never" if not ts else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-class _CheckpointLines:
-    """The status page's checkpoint column, without re-inspecting on every request.
-
-    A :class:`CheckpointScanner` per job re-inspects only folders whose files changed,
-    and a page asked for again within :data:`STATUS_RESCAN_SECONDS` is served from the
-    last scan: a browser left on auto-refresh, or a crawler, costs nothing.
-    """
-
-    def __init__(self, config: Config) -> None:
-        fresh = config.exporter.writing_fresh_seconds
-        self._scanners = {j.name: CheckpointScanner(j.output_dir, fresh) for j in config.jobs}
-        self._lines: dict[str, tuple[float, list[str]]] = {}
-        self._lock = threading.Lock()
-
-    def lines(self, job: str) -> list[str]:
-        now = time.monotonic()
-        with self._lock:
-            cached = self._lines.get(job)
-            if cached is not None and now - cached[0] < STATUS_RESCAN_SECONDS:
-                return cached[1]
-            try:
-                out = [f"{c.name}: step {c.step}, {c.status.value}"
-                       for c in self._scanners[job].scan()[:10]]
-            except Exception as exc:  # the page must render even when the doctor cannot
-                out = [f"cannot list: {type(exc).__name__}: {exc}"]
-            self._lines[job] = (now, out)
-            return out
 
 
 def remediator_of(app: Flask) -> Remediator:

@@ -22,11 +22,15 @@ import dataclasses
 import logging
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from remediator import repair_cli
+from remediator import repair_cli, resume_args
 from trainguard.config import LAUNCH_VIA, Config, Listen, load_config, parse_listen
+
+from .store import Store, StoreError
 
 if TYPE_CHECKING:
     from trainguard.cli import CommandRegistry
@@ -51,6 +55,7 @@ class _Stop(SystemExit):
 def register(registry: CommandRegistry) -> None:
     """Plug this side's sub-commands into the front door."""
     repair_cli.register(registry)
+    resume_args.register(registry)
     p = registry.commands.add_parser(
         "remediator", help="serve the Alertmanager webhook that repairs and resumes runs",
         description="Serve the Alertmanager webhook: validate, dedupe, kill the stuck run's "
@@ -80,7 +85,8 @@ def _common(p: argparse.ArgumentParser, *, required: bool, suppress: bool = Fals
             listen: bool = True) -> None:
     default = argparse.SUPPRESS if suppress else None
     p.add_argument("--config", metavar="FILE", default=default, required=required,
-                   help="trainguard YAML config")
+                   help="trainguard YAML config (default: $TRAINGUARD_CONFIG, else "
+                        "./trainguard.yaml)")
     if listen:
         p.add_argument("--listen", metavar="HOST:PORT", default=default,
                        help="address to listen on (default: remediator.listen, else "
@@ -92,10 +98,12 @@ def _common(p: argparse.ArgumentParser, *, required: bool, suppress: bool = Fals
 
 def _load(args: argparse.Namespace) -> Config:
     from trainguard.cli import UsageError
+    from trainguard.default_config import NoConfigError, find_config
 
-    if not getattr(args, "config", None):
-        raise UsageError("remediator: --config FILE is required")
-    return load_config(args.config)
+    try:
+        return load_config(find_config(getattr(args, "config", None)))
+    except NoConfigError as exc:
+        raise UsageError(f"remediator: {exc}") from None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -132,8 +140,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     mode = " (DRY RUN: nothing will be touched)" if config.remediator.dry_run else ""
-    log.info("remediator listening on http://%s for %d job(s)%s; state in %s", listen,
-             len(config.jobs), mode, config.remediator.state_path)
+    log.info("remediator listening on http://%s for %d job(s) on host %s%s; state in %s",
+             listen, len(config.jobs), config.host, mode, config.remediator.state_path)
     print(f"trainguard remediator listening on http://{listen}", file=sys.stderr, flush=True)
     try:
         server.run()
@@ -144,52 +152,48 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reset(args: argparse.Namespace) -> int:
+@contextmanager
+def _job_store(args: argparse.Namespace, command: str) -> Iterator[tuple[Config, Store]]:
+    """The config and the state file for a command about one configured job (reset,
+    pause, unpause): the same file the server reads, so it needs no restart."""
     from trainguard.cli import UsageError
 
-    from .store import Store, StoreError
-
-    config = _load(args)
-    if config.job(args.job) is None:
-        names = ", ".join(j.name for j in config.jobs)
-        raise UsageError(f"remediator reset: no job named {args.job!r} in {config.path} "
-                         f"(configured: {names})")
-    assert config.remediator.state_path is not None
-    try:
-        store = Store(config.remediator.state_path)
-        before = store.job_state(args.job)
-        store.reset_job(args.job)
-        store.record(args.job, None, "reset", "ok", "re-armed from the command line")
-        store.close()
-    except StoreError as exc:
-        raise UsageError(f"remediator reset: {exc}") from None
-    was = "had given up" if before.gave_up else "was armed already"
-    print(f"{args.job}: re-armed ({was}); the restart budget starts afresh")
-    return 0
-
-
-def _pause(args: argparse.Namespace) -> int:
-    from trainguard.cli import UsageError
-
-    from .store import Store, StoreError
-
-    command = "pause" if args.pause else "unpause"
     config = _load(args)
     if config.job(args.job) is None:
         names = ", ".join(j.name for j in config.jobs)
         raise UsageError(f"{command}: no job named {args.job!r} in {config.path} "
                          f"(configured: {names})")
     assert config.remediator.state_path is not None
-    reason = getattr(args, "reason", None) or "paused from the command line"
     try:
         store = Store(config.remediator.state_path)
+    except StoreError as exc:
+        raise UsageError(f"{command}: {exc}") from None
+    try:
+        yield config, store
+    except StoreError as exc:
+        raise UsageError(f"{command}: {exc}") from None
+    finally:
+        store.close()
+
+
+def _reset(args: argparse.Namespace) -> int:
+    with _job_store(args, "remediator reset") as (_config, store):
+        before = store.job_state(args.job)
+        store.reset_job(args.job)
+        store.record(args.job, None, "reset", "ok", "re-armed from the command line")
+    was = "had given up" if before.gave_up else "was armed already"
+    print(f"{args.job}: re-armed ({was}); the restart budget starts afresh")
+    return 0
+
+
+def _pause(args: argparse.Namespace) -> int:
+    command = "pause" if args.pause else "unpause"
+    reason = getattr(args, "reason", None) or "paused from the command line"
+    with _job_store(args, command) as (config, store):
         before = store.job_state(args.job).paused
         store.set_paused(args.job, args.pause, reason)
         store.record(args.job, None, command, "ok", reason if args.pause else
                      "unpaused from the command line")
-        store.close()
-    except StoreError as exc:
-        raise UsageError(f"{command}: {exc}") from None
     if args.pause:
         print(f"{args.job}: paused{' (it was already)' if before else ''}; no alert acts on "
               f"it until `trainguard unpause {args.job} --config {config.path}`")

@@ -18,6 +18,7 @@ from typing import Protocol
 from trainguard.checkpoint import CheckpointInfo, compat
 from trainguard.checkpoint.names import kept_name
 from trainguard.config import JobConfig, RemediatorConfig
+from trainguard.ledger import ResumeLedger
 from trainguard.process import JobProcess
 
 from . import repair as repair_mod
@@ -145,6 +146,20 @@ class DryRunExecutor:
 
 def executor_for(rc: RemediatorConfig) -> Executor:
     return DryRunExecutor() if rc.dry_run else RealExecutor(rc)
+
+
+def slurm_executor_for(rc: RemediatorConfig, job: JobConfig, prepared: Prepared, host: str,
+                       ledger: ResumeLedger | None = None) -> Executor:
+    """The executor for a job Slurm owns: the dry run's, or Slurm's (never the local
+    launcher: a process started outside the allocation is not part of the job)."""
+    if rc.dry_run:
+        return DryRunExecutor()
+    if prepared.slurm is None:
+        raise ValueError(f"{job.name}: Slurm owns this job but the plan carries no Slurm "
+                         "action; refusing to start anything outside Slurm")
+    from .slurm_execute import SlurmExecutor
+
+    return SlurmExecutor(rc, job, prepared.slurm, host, ledger)
 
 
 def leftovers(folder: Path) -> list[Path]:

@@ -11,8 +11,10 @@ job's processes by the one job rule, completion, saves in progress, and the resu
 *prepared* by :mod:`remediator.prepare`), :func:`~remediator.decide.decide`, then:
 
 * ``Wait``: sleep (a resolved alert cancels the wait), then a new round;
-* ``Skip`` / ``GiveUp`` / ``Refuse``: record why, one log line, done.  A refusal signals
-  nothing: the run is left as it is and a person is told (metric, status page, API);
+* ``Skip`` / ``GiveUp`` / ``Refuse`` / ``FailPermanently``: record why, one log line,
+  done.  A refusal signals nothing: the run is left as it is and a person is told
+  (metric, status page, API, report); a run whose log shows a failure a restart would
+  repeat (remediator.failures) is not relaunched;
 * ``Act``: everything the resume needs was proven before this point.  Evidence, kill the
   job's own live processes, read the checkpoints again and confirm the choice, repair if
   the run's environment needs it, write the resumed copy, start it in the run's own
@@ -49,16 +51,23 @@ from trainguard.ledger import Resume, ResumeLedger
 from trainguard.process import JobProcess, ProcessMatcher, alive, environment_of
 from trainguard.progress import LogFollower, job_completed
 
+from . import failures, report
 from . import prepare as prep
-from .decide import Act, Budget, Facts, GiveUp, Refuse, Skip, Wait, decide
-from .execute import executor_for, leftovers
+from . import slurm as slurm_mod
+from .decide import Act, Budget, Facts, FailPermanently, GiveUp, Refuse, Skip, Wait, decide
+from .execute import Executor, executor_for, leftovers, slurm_executor_for
 from .runenv import RunEnv, fallback, redacted
 from .store import Incident, Store
 
 log = logging.getLogger("remediator")
 
 POLL = 0.5
-ENV_SAMPLE_SECONDS = 30.0
+# How often each job's running environment is looked for.  A run that dies within
+# seconds of starting (a crash at its 12th step, an import error after accelerate's start)
+# must have been seen alive, or it is resumed in the remediator's environment instead of
+# its own; the pass is the incremental job match (trainguard.process) plus one
+# /proc/PID/environ read when a job's root changed, so it is cheap.
+ENV_SAMPLE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class Alert:
     starts_at: str       # as sent: part of the incident's identity
     starts_ts: float     # the same, as a Unix time
     fingerprint: str | None = None
+    host: str | None = None   # the `host` label; None when the alert carries none
 
 
 def parse_time(text: str) -> float:
@@ -101,11 +111,17 @@ class Remediator:
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._busy: dict[str, int | None] = {j.name: None for j in config.jobs}
+        # People hear of each decision through Alertmanager (remediator.report), when the
+        # config says who they are.
+        self.reporter = (report.Reporter(config.notify.alertmanager_url)
+                         if config.notify is not None else None)
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         self._announce()
+        if self.reporter is not None:
+            self.reporter.start()
         for job in self.config.jobs:
             q: queue.Queue[int | None] = queue.Queue()
             t = threading.Thread(target=self._worker, args=(job, q),
@@ -157,6 +173,8 @@ class Remediator:
             q.put(None)
         for t in self._threads:
             t.join(timeout)
+        if self.reporter is not None:
+            self.reporter.stop(timeout)
 
     def busy(self, job: str) -> int | None:
         """The incident a job's worker is handling now, if any."""
@@ -174,14 +192,39 @@ class Remediator:
     def submit(self, alert: Alert) -> str:
         """Record one alert and queue it when it is new; returns what was decided.
 
+        A job is ``(host, training_job)``: an alert for another host is recorded as
+        ``ignored`` and answered 2xx like one for an unknown job (one notification may
+        group several hosts' alerts; a 4xx would drop them all).  An alert without a
+        ``host`` label is this host's: a single-host stack labels no target, and in a
+        fleet the generated routes send host-less alerts to no remediator at all
+        (trainguard.fleet).  An incident keeps the alert's own host label ('' for none,
+        as rows from before the host was known): its report carries the same label, so
+        Alertmanager pairs the two (remediator.report).
+
         One store transaction per firing alert of a configured job (Store.receive); the
-        rest of the work is the worker's, which lets the receiver finish first."""
+        rest of the work is the worker's, which lets the receiver finish first.
+        """
+        host = self.config.host
+        label = alert.host or ""
+        if alert.host is not None and alert.host != host:
+            other = alert.host[:200]
+            name = alert.job[:200]
+            inc, created = self.store.open_incident(
+                name, alert.alertname[:200], alert.starts_at[:64], alert.starts_ts,
+                alert.fingerprint, state="ignored", host=other,
+                reason=f"the alert is for host {other!r}; this remediator serves host "
+                       f"{host!r} (the config's `host`): check the Alertmanager routes")
+            if created:
+                log.warning("alert %s for training_job=%r is for host %r, not this host %r: "
+                            "ignored (misrouted?)", alert.alertname, name, other, host)
+                self.store.record(name, inc.id, "ignore", "skipped", f"host {other!r}")
+            return "ignored"
         job = self.config.job(alert.job)
         if job is None:
             name = alert.job[:200]
             inc, created = self.store.open_incident(
                 name, alert.alertname[:200], alert.starts_at[:64], alert.starts_ts,
-                alert.fingerprint, state="ignored",
+                alert.fingerprint, state="ignored", host=label,
                 reason=f"no configured job is named {name!r}")
             if created:
                 log.warning("alert %s names training_job=%r, which is not configured: ignored",
@@ -189,7 +232,7 @@ class Remediator:
                 self.store.record(name, inc.id, "ignore", "skipped", "unknown job")
             return "ignored"
         if alert.status == "resolved":
-            inc2 = self.store.cancel_open(job.name, alert.alertname, alert.starts_at)
+            inc2 = self.store.cancel_open(job.name, alert.alertname, alert.starts_at, label)
             if inc2 is not None and inc2.state == "cancelled":
                 log.info("%s: %s resolved; incident %d cancelled before acting", job.name,
                          alert.alertname, inc2.id)
@@ -198,7 +241,7 @@ class Remediator:
         inc, created, stale = self.store.receive(
             job.name, alert.alertname, alert.starts_at, alert.starts_ts, alert.fingerprint,
             lambda launched: f"stale: the alert started at {_fmt(alert.starts_ts)}, before "
-                             f"the run trainguard started at {_fmt(launched)}")
+                             f"the run trainguard started at {_fmt(launched)}", host=label)
         if stale:
             if created:
                 log.info("%s: %s started %s, before the last remediation's run: stale, skipped",
@@ -210,6 +253,15 @@ class Remediator:
                         inc.id, "queued", only_from=("refused",)):
                 log.info("%s: %s delivered again; incident %d was refused %s, looking again",
                          job.name, alert.alertname, inc.id, _fmt(inc.updated))
+                self._queues[job.name].put(inc.id)
+                return "rechecking"
+            # A person re-armed the job after the run failed for good: they say they
+            # fixed the cause, so the next delivery is looked at again.
+            if inc.state == "failed_permanently" and \
+                    self.store.job_state(job.name).budget_since > inc.updated and \
+                    self.store.set_state(inc.id, "queued", only_from=("failed_permanently",)):
+                log.info("%s: %s delivered again after a reset; incident %d had failed for "
+                         "good, looking again", job.name, alert.alertname, inc.id)
                 self._queues[job.name].put(inc.id)
                 return "rechecking"
             return "duplicate"
@@ -244,6 +296,26 @@ class Remediator:
         self.store.record(job.name, inc.id, action, outcome, detail)
 
     def _handle(self, job: JobConfig, incident_id: int) -> None:
+        try:
+            self._decide_and_act(job, incident_id)
+        finally:
+            self._report(job, incident_id)
+
+    def _report(self, job: JobConfig, incident_id: int) -> None:
+        """Tell people what was decided (once per outcome and reason)."""
+        if self.reporter is None:
+            return
+        inc = self.store.get_incident(incident_id)
+        if inc is None:
+            return
+        alert = report.build(self.config, job, inc)
+        sig = report.signature(inc)
+        if alert is None or (inc.evidence or {}).get("reported") == sig:
+            return
+        self.store.add_evidence(inc.id, "reported", sig)
+        self.reporter.send(alert)
+
+    def _decide_and_act(self, job: JobConfig, incident_id: int) -> None:
         inc = self.store.get_incident(incident_id)
         if inc is None or inc.state not in ("queued", "waiting", "acting"):
             return
@@ -255,6 +327,7 @@ class Remediator:
         while True:
             cur = self.store.get_incident(inc.id) or inc
             facts = self.facts(job, cur, saving_since)
+            self._classified(job, cur, facts.failure)
             d = decide(facts)
             if isinstance(d, Wait):
                 if d.kind == "saving" and saving_since is None:
@@ -283,15 +356,30 @@ class Remediator:
                 self.store.update_job(job.name, gave_up=1, gave_up_reason=d.reason)
                 self._note(job, inc, "give_up", "gave_up",
                            f"{d.reason}; no more actions until `trainguard remediator reset "
-                           f"{job.name}`")
+                           f"{job.name} --config {self.config.path}`")
                 self.store.set_state(inc.id, "gave_up", reason=d.reason)
             elif isinstance(d, Refuse):
                 self._note(job, inc, "refuse", "refused",
                            f"{d.reason}; nothing was signalled, the run is as it was")
                 self.store.set_state(inc.id, "refused", outcome="refused", reason=d.reason)
+            elif isinstance(d, FailPermanently):
+                self._note(job, inc, "stop", "failed_permanently", d.reason)
+                self.store.set_state(inc.id, "failed_permanently",
+                                     outcome="failed_permanently", reason=d.reason)
             else:
                 self._act(job, inc, d)
             return
+
+    def _classified(self, job: JobConfig, inc: Incident,
+                    failure: failures.Failure | None) -> None:
+        """Record how the incident's run ended, once per change (audit row, log line)."""
+        if failure is None or (inc.failure_class, inc.failure_cause, inc.failure_line) == \
+                (failure.cls, failure.cause, failure.line):
+            return
+        self.store.set_failure(inc.id, failure.cls, failure.cause, failure.line)
+        self._note(job, inc, "classify", failure.cls,
+                   f"the run is gone and {failure.describe()} (read from the end of "
+                   f"{failure.log})")
 
     def facts(self, job: JobConfig, inc: Incident, saving_since: float | None) -> Facts:
         """Everything :func:`decide` looks at, read now."""
@@ -306,15 +394,24 @@ class Remediator:
         resume = prep.prepare(job, run_env, restart_from_scratch=rc.restart_from_scratch,
                               writing_fresh_seconds=self.config.exporter.writing_fresh_seconds,
                               can_repair=self.can_repair, ledger=self.store.ledger(job.name))
+        completed = job_completed(job, progress, bool(procs))
+        failure = failures.classify_log(job) if not procs and not completed else None
+        relaunches = 0 if failure is None else self.store.failure_relaunches(
+            job.name, failure.cls, since, inc.id)
+        slurm = None
+        if job.launch is not None and job.launch.slurm is not None:
+            slurm = slurm_mod.gather(job, procs, self.config.host)
         return Facts(
             now=now, job=job.name, incident_state=inc.state, alert_started=inc.starts_ts,
             paused=js.paused, paused_reason=js.paused_reason, gave_up=js.gave_up,
             gave_up_reason=js.gave_up_reason, last_process_start=js.last_process_start,
             launches=tuple(self.store.launches_since(job.name, since)),
-            processes=tuple(procs), completed=job_completed(job, progress, bool(procs)),
+            processes=tuple(procs), completed=completed,
             writing=self._writing(job), saving_since=saving_since, resume=resume,
             budget=Budget(rc.budget.max_restarts, rc.budget.window_seconds,
-                          rc.budget.backoff_seconds, rc.saving_wait_seconds))
+                          rc.budget.backoff_seconds, rc.saving_wait_seconds),
+            failure=failure, failure_relaunches=relaunches, rearmed_at=js.budget_since,
+            slurm=slurm)
 
     def _wait(self, inc: Incident, seconds: float, until: Any = None) -> None:
         """Sleep up to ``seconds`` (or until ``until()``), raising Cancelled if resolved."""
@@ -334,9 +431,16 @@ class Remediator:
     def _act(self, job: JobConfig, inc: Incident, d: Act) -> None:
         if not self.store.set_state(inc.id, "acting", only_from=("queued", "waiting", "acting")):
             return  # cancelled between the decision and now
-        ex = self.executor
-        dry = ex.outcome_suffix
         plan = d.resume
+        ex: Executor = self.executor
+        if job.launch is not None and job.launch.slurm is not None:
+            try:
+                ex = slurm_executor_for(self.rc, job, plan, self.config.host,
+                                        self.store.ledger(job.name))
+            except ValueError as exc:
+                self._fail(job, inc, str(exc))
+                return
+        dry = ex.outcome_suffix
         if d.note:
             self._note(job, inc, "wait", "timeout", d.note)
         self._note(job, inc, "decide", dry or "act",
@@ -367,6 +471,9 @@ class Remediator:
         # Confirm the choice now that nothing can be writing, and repair if needed.
         final = self._final_plan(job, inc, plan)
         if final is None:
+            held = getattr(ex, "held_hint", lambda: "")()
+            if held:  # a Slurm job requeued held by the kill waits for a person
+                self._note(job, inc, "slurm", "held", held.lstrip("; "))
             return
         plan = final
         self.store.add_evidence(inc.id, "checkpoints_skipped", list(plan.skipped))
@@ -382,6 +489,7 @@ class Remediator:
         frm = plan.describe()
         if dry:
             self._note(job, inc, plan.action, dry,
+                       f"would {frm}" if plan.slurm is not None else
                        f"would run {list(plan.argv)} in {plan.workdir}: {frm}")
             self.store.set_state(inc.id, "done", outcome="dry_run",
                                  reason=f"dry run: would {frm}")
@@ -395,9 +503,12 @@ class Remediator:
                 info.epoch, plan.edits.profile if plan.edits is not None else ""))
         self.store.set_run_env(job.name, plan.env, f"the environment trainguard launched "
                                                    f"incident {inc.id}'s {plan.action} with")
-        self._note(job, inc, plan.action, "started",
-                   f"pid {launched.pid}: {list(plan.argv)} in {plan.workdir}, output "
-                   f"appended to {plan.log_file}: {frm}")
+        if plan.slurm is not None:
+            self._note(job, inc, plan.action, "started", f"{' '.join(launched.argv)}: {frm}")
+        else:
+            self._note(job, inc, plan.action, "started",
+                       f"pid {launched.pid}: {list(plan.argv)} in {plan.workdir}, output "
+                       f"appended to {plan.log_file}: {frm}")
         self.store.add_evidence(inc.id, "launched", {
             "pid": launched.pid, "create_time": launched.create_time,
             "argv": list(launched.argv), "cwd": str(plan.workdir),

@@ -14,7 +14,11 @@ and stayed dead.  Here everything the resume needs is established first:
   here) is never silently replaced by a restart from scratch: that is a refusal;
 * the flags the resumed command gets (the trainer profile's), the resumed copy rendered
   in memory (so the script has a training command we can edit), its folder writable,
-  the log writable.
+  the log writable;
+* room for one more save: the output folder's filesystem has at least the chosen
+  checkpoint's bytes free (trainguard.disk).  A resume into a disk that cannot hold the
+  next save dies at that save and may leave a half-written checkpoint (seed 001), after
+  the running (or dead) run was already stopped for it.
 
 The result is a :class:`Prepared` (what the executor will do) or a :class:`Refusal`
 (one sentence for a person).  After the kill, :func:`confirm` reads the checkpoint list
@@ -33,13 +37,16 @@ from typing import Any
 
 from trainguard import trainers
 from trainguard.checkpoint import CheckpointInfo, compat, inspect_checkpoint, list_checkpoints
+from trainguard.checkpoint.scanner import checkpoint_bytes
 from trainguard.config import JobConfig
+from trainguard.disk import available_bytes, human_bytes
 from trainguard.ledger import ResumeLedger
 from trainguard.script import ScriptError, read_script
 
 from .actions.launch import LaunchError, log_path, script_argv
 from .actions.script import FlagSet, render_resumed_copy, resume_argv
 from .runenv import RunEnv, find_python
+from .slurm import SlurmAction
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +91,8 @@ class Prepared:
     note: str = ""                   # what the trainer profile adds, and why
     edits: trainers.ResumeEdits | None = None   # the trainer profile's, for the ledger
                                                 # and the outputs the run writes again
+    # Slurm owns the job: how decide chose to restart it through Slurm (never locally).
+    slurm: SlurmAction | None = None
 
     @property
     def action(self) -> str:
@@ -97,6 +106,8 @@ class Prepared:
             what += f" after repairing it ({', '.join(c.repairs)})"
         if c is not None and c.env_fixes:
             what += f" with {dict(c.env_fixes)}"
+        if self.slurm is not None:
+            what += " " + self.slurm.describe()
         return what
 
 
@@ -256,7 +267,26 @@ def prepare(job: JobConfig, run_env: RunEnv, *, restart_from_scratch: bool,
     env.update(cand.env_fixes)
     if script_error is not None:
         return Refusal(f"cannot add the resume flag: {script_error}")
+    full = disk_too_full(job, cand.info)
+    if full is not None:
+        return full
     return _render(job, cand, words, ledger, env, base)
+
+
+def disk_too_full(job: JobConfig, info: CheckpointInfo) -> Refusal | None:
+    """A refusal when the output filesystem cannot hold one more save like ``info``."""
+    need = checkpoint_bytes(info.path)
+    try:
+        free = available_bytes(job.output_dir)
+    except OSError:
+        return None  # cannot ask: the run's own save will tell
+    if not need or free >= need:
+        return None
+    return Refusal(f"the disk of {job.output_dir} has {human_bytes(free)} free, less than "
+                   f"one more save needs ({human_bytes(need)}, the size of {info.name}): the "
+                   "resumed run would die at its next save and could leave a half-written "
+                   "checkpoint; free space there (the next delivery of the alert looks "
+                   "again)")
 
 
 def _render(job: JobConfig, cand: Candidate, words: Sequence[str] | None,

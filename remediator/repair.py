@@ -94,6 +94,12 @@ class RepairPlan:
             return [f"{self.path}: nothing to repair", *fixes]
         return [line for c in self.changes for line in c.describe()] + fixes
 
+    def __str__(self) -> str:
+        """One sentence for logs and the incident API (the dataclass repr is for debugging)."""
+        if not self.changes:
+            return f"nothing to repair in {self.path}"
+        return f"would repair {self.path}: " + "; ".join(self.describe())
+
 
 @dataclass(frozen=True)
 class RepairResult:
@@ -101,6 +107,15 @@ class RepairResult:
     changed: tuple[Path, ...] = ()
     backups: tuple[Path, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def __str__(self) -> str:
+        """What happened, as a sentence: the pipeline logs it and keeps it in the incident,
+        where a ``RepairResult(plan=RepairPlan(... PosixPath(...)))`` repr used to land."""
+        if not self.changed:
+            return str(self.plan)
+        backups = ", ".join(b.name for b in self.backups)
+        return (f"repaired {self.plan.path}: " + "; ".join(self.plan.describe())
+                + (f" (originals kept as {backups})" if backups else ""))
 
 
 def plan_repair(path: Path, env: Environment | None = None) -> RepairPlan:

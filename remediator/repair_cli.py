@@ -17,6 +17,8 @@ from trainguard.checkpoint.compat import Environment
 if TYPE_CHECKING:
     from trainguard.cli import CommandRegistry
 
+TORCH_EXTRA = "pip install 'trainguard[torch]'"
+
 
 def cmd_repair(args: argparse.Namespace) -> int:
     from remediator.repair import RepairError, apply_repair, plan_repair
@@ -41,7 +43,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
         return 1
     except ImportError as exc:
         print(f"trainguard: repair needs torch and numpy in this environment "
-              f"(pip install 'trainguard[torch]'): {exc}", file=sys.stderr)
+              f"({TORCH_EXTRA}): {exc}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps({"path": str(folder), "dry_run": args.dry_run,
@@ -62,11 +64,12 @@ def register(registry: CommandRegistry) -> None:
     """Add `checkpoint repair` under the front door's checkpoint command."""
     p = registry.checkpoint.add_parser(
         "repair", help="make a checkpoint's RNG files loadable where it resumes "
-                       "(with a backup)",
+                       "(with a backup; needs the torch extra)",
         description="Rewrite random_states_*.pkl only where the resuming environment "
                     "cannot load it as it is (numpy module names), and say which "
                     "environment variable it needs instead where a file change cannot "
-                    "help. Backs up first, replaces atomically, does nothing twice.")
+                    "help. Backs up first, replaces atomically, does nothing twice. "
+                    f"Needs torch and numpy in this environment: {TORCH_EXTRA}.")
     p.add_argument("checkpoint_dir", metavar="CKPT_DIR")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--python", metavar="EXE", help="repair for this interpreter's numpy "

@@ -11,8 +11,9 @@ records the environment of every run it launches.  ``launch.env`` overrides it, 
 compatibility fixes for the checkpoint.
 
 Only when the run's environment was never seen (the run died before trainguard ever saw
-it) does the remediator fall back to its own environment, with its own virtualenv taken
-out of PATH so the run's tools are not shadowed; the log says so.
+it) does the remediator fall back to its own environment, unchanged (trainguard is often
+installed into the training venv itself, as the README suggests, so taking its venv out
+of PATH would hide the run's own tools); the log and the incident say so.
 
 Which python that environment runs (for the compatibility verdict): the one the training
 command would find.  For ``accelerate``/``torchrun`` that is the interpreter in the
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -43,25 +43,10 @@ class RunEnv:
     source: str
 
 
-def own_venv_removed(env: Mapping[str, str]) -> dict[str, str]:
-    """``env`` without the remediator's own virtualenv on PATH / in VIRTUAL_ENV."""
-    out = dict(env)
-    if sys.prefix == sys.base_prefix:
-        return out
-    own_bin = os.path.join(sys.prefix, "bin")
-    path = [p for p in out.get("PATH", "").split(os.pathsep)
-            if p and os.path.realpath(p) != os.path.realpath(own_bin)]
-    out["PATH"] = os.pathsep.join(path)
-    if out.get("VIRTUAL_ENV") and os.path.realpath(out["VIRTUAL_ENV"]) == \
-            os.path.realpath(sys.prefix):
-        del out["VIRTUAL_ENV"]
-    return out
-
-
 def fallback() -> RunEnv:
-    return RunEnv(own_venv_removed(os.environ),
-                  "the remediator's own environment without its virtualenv (the run's own "
-                  "environment was never seen)")
+    return RunEnv(dict(os.environ), "the remediator's own environment (the run's own "
+                                    "environment was never seen: it died before the "
+                                    "remediator could read it)")
 
 
 def redacted(env: Mapping[str, str]) -> dict[str, str]:

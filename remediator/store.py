@@ -3,8 +3,13 @@
 Why SQLite and not memory: Alertmanager delivers at least once and repeats while an alert
 fires, and the remediator itself may be restarted between two deliveries.  Acting twice
 on one alert means killing the run we just resumed.  So an incident's identity
-``(job, alertname, startsAt)`` is a UNIQUE key on disk, and the decision "is this new?"
-is one INSERT that either creates the row or finds it (answered before the HTTP reply).
+``(host, job, alertname, startsAt)`` is a UNIQUE key on disk, and the decision "is this
+new?" is one INSERT that either creates the row or finds it (answered before the HTTP
+reply).  The host is part of it because Prometheus evaluates a rule for every host at
+the same instant: two hosts' alerts for jobs of the same name share alertname and
+startsAt, and the one for another host (recorded ``ignored``) must never pass for a
+duplicate of this host's own.  Rows from before the host was known (schemas 2 and 3) keep
+host ``''``.
 
 WAL mode lets the status page read while a worker writes; one process-wide lock
 serialises writers (sqlite3 connections are not shared between threads here: one
@@ -22,7 +27,12 @@ Incident states (``state``):
 * ``refused``   the resume could not be prepared, so nothing was signalled; ``reason``
                 says why.  A later delivery of the same alert re-checks it (the person
                 may have fixed the cause meanwhile)
-* ``ignored``   the alert named no configured job (kept so misrouting is visible)
+* ``failed_permanently``  the run is gone and its log shows a failure a restart would
+                repeat (remediator.failures): not relaunched; ``reason`` has the error
+                line and what to fix.  A delivery after ``trainguard remediator reset``
+                re-checks it.
+* ``ignored``   the alert named no configured job, or another host (kept so misrouting
+                is visible)
 
 The file holds command lines and the runs' environments (which may carry tokens): it is
 created 0600, and a looser existing one is tightened.
@@ -46,7 +56,9 @@ from typing import Any
 
 from trainguard.ledger import Resume, ResumeLedger
 
-SCHEMA_VERSION = 2
+# 2: paused, run environment, ledger; 3: a dead run's failure class; 4: the host joins an
+# incident's identity.
+SCHEMA_VERSION = 4
 
 OPEN_STATES = ("queued", "waiting", "acting")
 
@@ -66,7 +78,11 @@ CREATE TABLE IF NOT EXISTS incidents (
     updated REAL NOT NULL,
     deliveries INTEGER NOT NULL DEFAULT 1,
     evidence TEXT,
-    UNIQUE (job, alertname, starts_at)
+    failure_class TEXT,
+    failure_cause TEXT,
+    failure_line TEXT,
+    host TEXT NOT NULL DEFAULT '',
+    UNIQUE (host, job, alertname, starts_at)
 );
 CREATE INDEX IF NOT EXISTS incidents_job ON incidents (job, id);
 CREATE TABLE IF NOT EXISTS actions (
@@ -89,10 +105,20 @@ CREATE TABLE IF NOT EXISTS jobs (
     budget_since REAL NOT NULL DEFAULT 0
 );
 """
+# Incident columns before the host joined the identity (schema 2), copied by _add_host.
+_INCIDENT_COLUMNS_V2 = ("id, job, alertname, starts_at, starts_ts, fingerprint, state, "
+                        "outcome, reason, created, updated, deliveries, evidence")
 # Columns added after version 1, applied to older files in place.
 _JOB_COLUMNS_V2 = {"paused": "INTEGER NOT NULL DEFAULT 0", "paused_reason": "TEXT",
                    "paused_at": "REAL", "run_env": "TEXT", "run_env_source": "TEXT",
                    "run_env_at": "REAL", "ledger": "TEXT"}
+
+
+# Columns added in version 3: how the incident's run ended (remediator.failures), so the
+# one retry of a resources/resume failure is counted across incidents.  (Files made
+# before version 3 get them here; _add_host's rebuild keeps them when they exist.)
+_INCIDENT_COLUMNS_V3 = {"failure_class": "TEXT", "failure_cause": "TEXT",
+                        "failure_line": "TEXT"}
 
 
 class StoreError(Exception):
@@ -102,6 +128,7 @@ class StoreError(Exception):
 @dataclass(frozen=True)
 class Incident:
     id: int
+    host: str
     job: str
     alertname: str
     starts_at: str
@@ -114,14 +141,20 @@ class Incident:
     updated: float
     deliveries: int
     evidence: dict[str, Any] | None
+    failure_class: str | None = None   # remediator.failures class of the dead run
+    failure_cause: str | None = None   # the table row
+    failure_line: str | None = None    # the error line
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "job": self.job, "alertname": self.alertname,
+            "id": self.id, "host": self.host, "job": self.job, "alertname": self.alertname,
             "starts_at": self.starts_at, "fingerprint": self.fingerprint,
             "state": self.state, "outcome": self.outcome, "reason": self.reason,
             "created": self.created, "updated": self.updated,
             "deliveries": self.deliveries, "evidence": self.evidence,
+            "failure": None if self.failure_class is None else {
+                "class": self.failure_class, "cause": self.failure_cause,
+                "line": self.failure_line},
         }
 
 
@@ -159,11 +192,13 @@ class JobState:
 def _incident(row: sqlite3.Row) -> Incident:
     ev = row["evidence"]
     return Incident(
-        id=row["id"], job=row["job"], alertname=row["alertname"], starts_at=row["starts_at"],
+        id=row["id"], host=row["host"], job=row["job"], alertname=row["alertname"],
+        starts_at=row["starts_at"],
         starts_ts=row["starts_ts"], fingerprint=row["fingerprint"], state=row["state"],
         outcome=row["outcome"], reason=row["reason"], created=row["created"],
         updated=row["updated"], deliveries=row["deliveries"],
-        evidence=json.loads(ev) if ev else None,
+        evidence=json.loads(ev) if ev else None, failure_class=row["failure_class"],
+        failure_cause=row["failure_cause"], failure_line=row["failure_line"],
     )
 
 
@@ -191,10 +226,15 @@ class Store:
                     raise StoreError(
                         f"{self.path}: state file has schema version {row['value']}, newer "
                         f"than this trainguard understands ({SCHEMA_VERSION})")
+                _add_host(db)
                 have = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
                 for column, kind in _JOB_COLUMNS_V2.items():
                     if column not in have:
                         db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+                have = {r["name"] for r in db.execute("PRAGMA table_info(incidents)")}
+                for column, kind in _INCIDENT_COLUMNS_V3.items():
+                    if column not in have:
+                        db.execute(f"ALTER TABLE incidents ADD COLUMN {column} {kind}")
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
                            (str(SCHEMA_VERSION),))
             for suffix in ("-wal", "-shm"):
@@ -235,30 +275,32 @@ class Store:
 
     def open_incident(self, job: str, alertname: str, starts_at: str, starts_ts: float | None,
                       fingerprint: str | None, state: str = "queued",
-                      reason: str | None = None) -> tuple[Incident, bool]:
+                      reason: str | None = None, host: str = "") -> tuple[Incident, bool]:
         """Create the incident, or count one more delivery of an existing one.
 
         Returns ``(incident, created)``; ``created`` is False for a duplicate delivery.
         """
         now = time.time()
+        key = (host, job, alertname, starts_at)
         with self._tx() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO incidents (job, alertname, starts_at, starts_ts, "
-                "fingerprint, state, reason, created, updated) VALUES (?,?,?,?,?,?,?,?,?)",
-                (job, alertname, starts_at, starts_ts, fingerprint, state, reason, now, now))
+                "INSERT OR IGNORE INTO incidents (host, job, alertname, starts_at, starts_ts, "
+                "fingerprint, state, reason, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (*key, starts_ts, fingerprint, state, reason, now, now))
             created = cur.rowcount == 1
             if not created:
-                db.execute("UPDATE incidents SET deliveries = deliveries + 1 WHERE job=? AND "
-                           "alertname=? AND starts_at=?", (job, alertname, starts_at))
-            row = db.execute("SELECT * FROM incidents WHERE job=? AND alertname=? AND "
-                             "starts_at=?", (job, alertname, starts_at)).fetchone()
+                db.execute("UPDATE incidents SET deliveries = deliveries + 1 WHERE host=? AND "
+                           "job=? AND alertname=? AND starts_at=?", key)
+            row = db.execute("SELECT * FROM incidents WHERE host=? AND job=? AND alertname=? "
+                             "AND starts_at=?", key).fetchone()
         return _incident(row), created
 
     def receive(self, job: str, alertname: str, starts_at: str, starts_ts: float,
-                fingerprint: str | None, stale_reason: Callable[[float], str]
-                ) -> tuple[Incident, bool, bool]:
+                fingerprint: str | None, stale_reason: Callable[[float], str],
+                host: str = "") -> tuple[Incident, bool, bool]:
         """One delivery of a firing alert for a configured job; ``(incident, created,
-        stale)``.
+        stale)``.  The identity is :meth:`open_incident`'s ``(host, job, alertname,
+        starts_at)``; staleness is per job (``jobs.last_process_start``).
 
         A new alert is ONE statement (its own transaction): an INSERT that also checks it
         did not start before the run trainguard last launched.  Under a burst of
@@ -269,39 +311,40 @@ class Store:
         with ``stale_reason(that launch's time)`` and its audit row.
         """
         now = time.time()
+        key = (host, job, alertname, starts_at)
         with self._lock:
             try:
                 cur = self._db.execute(
-                    "INSERT OR IGNORE INTO incidents (job, alertname, starts_at, starts_ts, "
-                    "fingerprint, state, created, updated) SELECT ?,?,?,?,?,'queued',?,? "
-                    "WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE job=? AND "
-                    "last_process_start > ?)",
-                    (job, alertname, starts_at, starts_ts, fingerprint, now, now, job,
-                     starts_ts))
+                    "INSERT OR IGNORE INTO incidents (host, job, alertname, starts_at, "
+                    "starts_ts, fingerprint, state, created, updated) "
+                    "SELECT ?,?,?,?,?,?,'queued',?,? WHERE NOT EXISTS "
+                    "(SELECT 1 FROM jobs WHERE job=? AND last_process_start > ?)",
+                    (*key, starts_ts, fingerprint, now, now, job, starts_ts))
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: {exc}") from None
             if cur.rowcount == 1 and cur.lastrowid is not None:
-                return Incident(cur.lastrowid, job, alertname, starts_at, starts_ts,
-                                fingerprint, "queued", None, None, now, now, 1, None), \
-                    True, False
+                return Incident(id=cur.lastrowid, host=host, job=job, alertname=alertname,
+                                starts_at=starts_at, starts_ts=starts_ts,
+                                fingerprint=fingerprint, state="queued", outcome=None,
+                                reason=None, created=now, updated=now, deliveries=1,
+                                evidence=None), True, False
         with self._tx() as db:
             row = db.execute("SELECT last_process_start FROM jobs WHERE job=?",
                              (job,)).fetchone()
             launched: float | None = row["last_process_start"] if row is not None else None
             stale = launched is not None and starts_ts < launched
             cur = db.execute(
-                "INSERT OR IGNORE INTO incidents (job, alertname, starts_at, starts_ts, "
-                "fingerprint, state, reason, created, updated) VALUES (?,?,?,?,?,?,?,?,?)",
-                (job, alertname, starts_at, starts_ts, fingerprint,
-                 "skipped" if stale else "queued",
+                "INSERT OR IGNORE INTO incidents (host, job, alertname, starts_at, starts_ts, "
+                "fingerprint, state, reason, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (*key, starts_ts, fingerprint, "skipped" if stale else "queued",
                  stale_reason(launched) if launched is not None and stale else None,
                  now, now))
             created = cur.rowcount == 1
             if not created:
-                db.execute("UPDATE incidents SET deliveries = deliveries + 1 WHERE job=? AND "
-                           "alertname=? AND starts_at=?", (job, alertname, starts_at))
-            inc = db.execute("SELECT * FROM incidents WHERE job=? AND alertname=? AND "
-                             "starts_at=?", (job, alertname, starts_at)).fetchone()
+                db.execute("UPDATE incidents SET deliveries = deliveries + 1 WHERE host=? AND "
+                           "job=? AND alertname=? AND starts_at=?", key)
+            inc = db.execute("SELECT * FROM incidents WHERE host=? AND job=? AND alertname=? "
+                             "AND starts_at=?", key).fetchone()
             if created and stale:
                 db.execute("INSERT INTO actions (incident_id, job, ts, action, outcome, "
                            "detail) VALUES (?,?,?,?,?,?)",
@@ -327,15 +370,17 @@ class Store:
         with self._tx() as db:
             return db.execute(sql, args).rowcount == 1
 
-    def cancel_open(self, job: str, alertname: str, starts_at: str) -> Incident | None:
+    def cancel_open(self, job: str, alertname: str, starts_at: str,
+                    host: str = "") -> Incident | None:
         """A resolved alert: cancel its incident if no action has started yet."""
+        key = (host, job, alertname, starts_at)
         with self._tx() as db:
             db.execute("UPDATE incidents SET state='cancelled', reason=?, updated=? WHERE "
-                       "job=? AND alertname=? AND starts_at=? AND state IN ('queued','waiting')",
-                       ("the alert resolved before any action started", time.time(),
-                        job, alertname, starts_at))
-            row = db.execute("SELECT * FROM incidents WHERE job=? AND alertname=? AND "
-                             "starts_at=?", (job, alertname, starts_at)).fetchone()
+                       "host=? AND job=? AND alertname=? AND starts_at=? AND state IN "
+                       "('queued','waiting')",
+                       ("the alert resolved before any action started", time.time(), *key))
+            row = db.execute("SELECT * FROM incidents WHERE host=? AND job=? AND alertname=? "
+                             "AND starts_at=?", key).fetchone()
         return _incident(row) if row else None
 
     def add_evidence(self, incident_id: int, key: str, value: Any, *,
@@ -352,6 +397,20 @@ class Store:
             ev[key] = value
             db.execute("UPDATE incidents SET evidence=?, updated=? WHERE id=?",
                        (json.dumps(ev), time.time(), incident_id))
+
+    def set_failure(self, incident_id: int, cls: str, cause: str | None, line: str) -> None:
+        """Record how the incident's run ended (remediator.failures)."""
+        with self._tx() as db:
+            db.execute("UPDATE incidents SET failure_class=?, failure_cause=?, failure_line=?"
+                       " WHERE id=?", (cls, cause, line, incident_id))
+
+    def failure_relaunches(self, job: str, cls: str, since: float, exclude: int) -> int:
+        """Earlier incidents since ``since`` whose run died of ``cls`` and that trainguard
+        relaunched: the retries a resources/resume failure has had."""
+        rows = self._read("SELECT COUNT(*) AS n FROM incidents WHERE job=? AND "
+                          "failure_class=? AND created >= ? AND id != ? AND outcome IN "
+                          "('resumed','restarted')", (job, cls, since, exclude))
+        return int(rows[0]["n"])
 
     def incidents(self, limit: int = 100, job: str | None = None) -> list[Incident]:
         if job is None:
@@ -465,6 +524,13 @@ class Store:
                           (job,))
         return (rows[0]["state"], rows[0]["reason"]) if rows else None
 
+    def latest_decided(self, job: str) -> Incident | None:
+        """The job's most recent incident that was decided (as :meth:`latest_outcome`)."""
+        rows = self._read("SELECT * FROM incidents WHERE job=? AND state NOT IN "
+                          "('queued','waiting','acting','ignored') ORDER BY id DESC LIMIT 1",
+                          (job,))
+        return _incident(rows[0]) if rows else None
+
     def update_job(self, job: str, **fields: Any) -> None:
         allowed = {"gave_up", "gave_up_reason", "last_remediation", "last_process_start",
                    "last_pid", "budget_since", *_JOB_COLUMNS_V2}
@@ -486,6 +552,24 @@ def summarize(incident: Incident, actions: list[Action]) -> Mapping[str, Any]:
     out = incident.to_json()
     out["actions"] = [a.to_json() for a in actions]
     return out
+
+
+def _add_host(db: sqlite3.Connection) -> None:
+    """Schema 2/3 -> 4: the incidents table gets ``host`` in its identity.  SQLite cannot
+    change a UNIQUE constraint in place, so the table is rebuilt (same ids, host '';
+    a version 3 file's failure columns are copied too)."""
+    have = {r["name"] for r in db.execute("PRAGMA table_info(incidents)")}
+    if "host" in have:
+        return
+    columns = _INCIDENT_COLUMNS_V2 + "".join(
+        f", {c}" for c in _INCIDENT_COLUMNS_V3 if c in have)
+    db.execute("ALTER TABLE incidents RENAME TO incidents_v2")
+    create = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS incidents"):]
+    db.execute(create[:create.index(";")])
+    db.execute(f"INSERT INTO incidents ({columns}, host) "  # noqa: S608
+               f"SELECT {columns}, '' FROM incidents_v2")
+    db.execute("DROP TABLE incidents_v2")
+    db.execute("CREATE INDEX IF NOT EXISTS incidents_job ON incidents (job, id)")
 
 
 def _private(path: Path) -> None:

@@ -2,15 +2,22 @@
 # Installs everything trainguard's tests and demo need on a bare Debian/Ubuntu machine:
 # the Prometheus and Alertmanager binaries (Debian packages, also promtool/amtool),
 # docker-compose (only to validate the compose file), gcc (builds the fake NVML library),
-# and a virtual environment in .venv with trainguard and its torch extra.
+# chromium (the status page is checked in a real headless browser),
+# Slurm and munge (the Slurm tests start their own single-node cluster on loopback; the
+# packages' own services are never started or used), and a virtual environment in .venv
+# with trainguard and its torch extra.
 # Safe to run again: every step checks first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 for pair in prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
-            amtool:prometheus-alertmanager docker-compose:docker-compose gcc:gcc; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+            amtool:prometheus-alertmanager docker-compose:docker-compose gcc:gcc \
+            chromium:chromium \
+            slurmctld:slurm-wlm slurmd:slurm-wlm sbatch:slurm-wlm munged:munge; do
+  # The Slurm and munge daemons live in /usr/sbin, which a user's PATH may lack.
+  command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] \
+    || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
   mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)

@@ -65,11 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     ckpt_sub.required = True
     registry = CommandRegistry(commands=commands, checkpoint=ckpt_sub)
 
-    from trainguard import init
+    from trainguard import alertmanager, fleet, init
     from trainguard.checkpoint import cli as checkpoint_cli  # the read-only core
 
     checkpoint_cli.register(registry)
     init.register(registry)
+    alertmanager.register(registry)
+    fleet.register(registry)
     for ep in sorted(entry_points(group="trainguard.commands"), key=lambda e: e.name):
         ep.load()(registry)
     return parser

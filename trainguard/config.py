@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,9 @@ from typing import Any, TypeVar
 import yaml
 
 JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9_.-]+$")
+# A host name as the `host` label carries it (DESIGN.md §2): it goes into Alertmanager
+# matchers and receiver names (trainguard.fleet), so only characters that need no quoting.
+HOST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # The arguments by which a training command names where it writes (trainguard.process,
 # rule 3): sd-scripts, diffusers examples and the HF Trainer all use --output_dir.
 DEFAULT_OUTPUT_FLAGS = ("--output_dir", "--output-dir", "--outdir", "--out_dir")
@@ -72,14 +76,33 @@ def parse_listen(text: str) -> Listen:
 
 
 @dataclass(frozen=True)
+class SlurmConfig:
+    """Slurm owns the job: the remediator requeues it instead of starting anything itself.
+
+    Why: a process started outside the allocation is not part of the Slurm job (the job
+    ends FAILED and its resources are freed), so for such a job nothing is ever launched
+    locally (remediator.slurm).  The job's id is read from its training process
+    (``SLURM_JOB_ID`` in /proc/PID/environ, else ``scontrol pidinfo``); only when no
+    process of it lives is it looked up by ``job_name`` among this user's jobs.
+    """
+
+    job_name: str             # the Slurm job name (#SBATCH --job-name); default: the job's
+    # How long the remediator waits after a requeue for Slurm to run the job again before
+    # it reports the job as requeued but still pending (a busy cluster is not a failure).
+    start_timeout_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
 class LaunchConfig:
-    """How to (re)start a job.  Exactly one of ``script`` and ``command`` is set."""
+    """How to (re)start a job.  Exactly one of ``script`` and ``command`` is set; with
+    ``slurm``, ``script`` is the batch script (what was given to ``sbatch``)."""
 
     workdir: Path
     script: Path | None = None
     command: tuple[str, ...] | None = None
     resume_flag: str = "--resume"
     env: Mapping[str, str] = field(default_factory=dict)
+    slurm: SlurmConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -144,12 +167,62 @@ class RemediatorConfig:
     refused_recheck_seconds: float = 300.0
 
 
+NOTIFY_KINDS = ("discord", "slack", "telegram", "email", "webhook")
+DEFAULT_ALERTMANAGER_URL = "http://127.0.0.1:9093"
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """One place people hear from trainguard (an Alertmanager integration).
+
+    The secret (a webhook URL, a bot token, an SMTP password) lives only in
+    ``secret_file``: the config may be shared or committed, the secret never is.  The
+    file is read (and its 0600 mode checked) when the Alertmanager config is made
+    (trainguard.alertmanager), not when the config is loaded: the exporter, which never
+    needs it, must not need to see it.
+    """
+
+    kind: str                         # one of NOTIFY_KINDS
+    secret_file: Path
+    send_resolved: bool = True
+    channel: str | None = None        # slack: overrides the webhook's channel
+    chat_id: int | None = None        # telegram (required)
+    api_url: str | None = None        # telegram: a Bot API server other than Telegram's
+    to: str | None = None             # email (required)
+    sender: str | None = None         # email "from" (required)
+    smarthost: str | None = None      # email HOST:PORT (required)
+    username: str | None = None       # email: SMTP user (default: the sender)
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """Who hears about trainguard's alerts and decisions (``notify:``)."""
+
+    receivers: tuple[Receiver, ...]
+    # Where the remediator sends its own reports (the decision and its reason, which no
+    # Prometheus rule can know): the Alertmanager the stack runs.
+    alertmanager_url: str = DEFAULT_ALERTMANAGER_URL
+    # Linked in messages (the remediator's status page); default: its listen address.
+    status_url: str | None = None
+
+
+def default_host() -> str:
+    """This machine's short host name: what a fleet's scrape targets are labelled with
+    unless the config says otherwise (deploy/README.md "A fleet of hosts")."""
+    return socket.gethostname().split(".")[0] or "localhost"
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path
     jobs: tuple[JobConfig, ...]
     exporter: ExporterConfig
     remediator: RemediatorConfig
+    notify: NotifyConfig | None = None
+    # The host these jobs run on: the `host` label Prometheus puts on this host's
+    # targets.  The remediator acts only on alerts for it (an alert with no host label
+    # is taken as its own: a single-host stack labels nothing).
+    host: str = field(default_factory=default_host)
 
     def job(self, name: str) -> JobConfig | None:
         """The configured job with this exact name, or None."""
@@ -243,8 +316,8 @@ def _kind(value: Any) -> str:
             int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
 
 
-def _launch(r: _Reader, data: Any, kp: str) -> LaunchConfig:
-    d = r.mapping(data, kp, {"script", "command", "workdir", "resume_flag", "env"})
+def _launch(r: _Reader, data: Any, kp: str, job_name: str) -> LaunchConfig:
+    d = r.mapping(data, kp, {"script", "command", "workdir", "resume_flag", "env", "slurm"})
     script = r.opt(d, "script", kp, r.path, None)
     command: tuple[str, ...] | None = None
     if d.get("command") is not None:
@@ -276,8 +349,27 @@ def _launch(r: _Reader, data: Any, kp: str) -> LaunchConfig:
             if isinstance(v, bool) or not isinstance(v, str | int | float):
                 raise r.fail(_join(ekp, k), f"expected a string, got {_kind(v)}")
             env[k] = str(v)
+    slurm = None
+    if d.get("slurm") is not None:
+        slurm = _slurm(r, d["slurm"], _join(kp, "slurm"), job_name)
+        if script is None:
+            raise r.fail(_join(kp, "slurm"), "a Slurm job needs launch.script: its batch "
+                                             "script (what you give to sbatch)")
     return LaunchConfig(workdir=workdir, script=script, command=command,
-                        resume_flag=resume_flag, env=env)
+                        resume_flag=resume_flag, env=env, slurm=slurm)
+
+
+def _slurm(r: _Reader, data: Any, kp: str, job_name: str) -> SlurmConfig:
+    if data is True:
+        data = {}
+    d = r.mapping(data, kp, {"job_name", "start_timeout_seconds"})
+    name = r.opt(d, "job_name", kp, r.string, job_name)
+    if not JOB_NAME_RE.match(name):
+        raise r.fail(_join(kp, "job_name"),
+                     f"expected letters, digits, '_', '.', '-' only, got {name!r}")
+    return SlurmConfig(job_name=name,
+                       start_timeout_seconds=r.opt(d, "start_timeout_seconds", kp, r.number,
+                                                   SlurmConfig.start_timeout_seconds))
 
 
 def _job(r: _Reader, data: Any, kp: str) -> JobConfig:
@@ -290,7 +382,8 @@ def _job(r: _Reader, data: Any, kp: str) -> JobConfig:
     if not JOB_NAME_RE.match(name):
         raise r.fail(_join(kp, "name"),
                      f"expected letters, digits, '_', '.', '-' only, got {name!r}")
-    launch = None if d.get("launch") is None else _launch(r, d["launch"], _join(kp, "launch"))
+    launch = None if d.get("launch") is None else _launch(r, d["launch"], _join(kp, "launch"),
+                                                          name)
     return JobConfig(
         name=name,
         output_dir=r.path(d["output_dir"], _join(kp, "output_dir")),
@@ -399,6 +492,89 @@ def _remediator(r: _Reader, data: Any, kp: str) -> RemediatorConfig:
     )
 
 
+# Keys that would put a secret into the config: refused with a pointer to secret_file.
+_SECRET_KEYS = {"url", "webhook_url", "api_url_secret", "token", "bot_token", "password",
+                "auth_password", "secret", "api_key"}
+_RECEIVER_KEYS = {
+    "discord": set(), "webhook": set(), "slack": {"channel"},
+    "telegram": {"chat_id", "api_url"},
+    "email": {"to", "from", "smarthost", "username"},
+}
+_EMAIL_RE = re.compile(r"^[^@\s<>,]+@[^@\s<>,]+$")
+
+
+def _http_url(r: _Reader, value: Any, kp: str) -> str:
+    text = r.string(value, kp)
+    if not re.match(r"^https?://[^\s/]+", text):
+        raise r.fail(kp, f"expected an http:// or https:// URL, got {text!r}")
+    return text
+
+
+def _receiver(r: _Reader, data: Any, kp: str) -> Receiver:
+    if not isinstance(data, dict):
+        raise r.fail(kp, f"expected a mapping, got {_kind(data)}")
+    kind = data.get("kind")
+    if kind is None:
+        raise r.fail(_join(kp, "kind"), f"required key is missing; one of "
+                                        f"{', '.join(NOTIFY_KINDS)}")
+    kind = _choice(r, kind, _join(kp, "kind"), NOTIFY_KINDS)
+    for key in data:
+        if isinstance(key, str) and key in _SECRET_KEYS:
+            raise r.fail(_join(kp, key), "secrets never go in the config: put it alone in a "
+                                         "file readable only by you (chmod 600) and name that "
+                                         "file with secret_file")
+    d = r.mapping(data, kp, {"kind", "secret_file", "send_resolved", *_RECEIVER_KEYS[kind]})
+    if d.get("secret_file") is None:
+        raise r.fail(_join(kp, "secret_file"), "required key is missing (the file holding "
+                                               "the webhook URL, bot token or password)")
+
+    def need(key: str) -> Any:
+        if d.get(key) is None:
+            raise r.fail(_join(kp, key), f"required for kind {kind}")
+        return d[key]
+
+    chat_id = None
+    to = sender = smarthost = username = None
+    if kind == "telegram":
+        chat_id = r.typed(need("chat_id"), _join(kp, "chat_id"), int, "an integer chat id")
+        if chat_id == 0:
+            raise r.fail(_join(kp, "chat_id"), "expected a non-zero chat id")
+    if kind == "email":
+        to = r.string(need("to"), _join(kp, "to"))
+        sender = r.string(need("from"), _join(kp, "from"))
+        for key, addr in (("to", to), ("from", sender)):
+            if not _EMAIL_RE.match(addr):
+                raise r.fail(_join(kp, key), f"expected an e-mail address, got {addr!r}")
+        smarthost = r.string(need("smarthost"), _join(kp, "smarthost"))
+        host, sep, port = smarthost.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise r.fail(_join(kp, "smarthost"), f"expected HOST:PORT such as "
+                                                 f"smtp.example.org:587, got {smarthost!r}")
+        username = r.opt(d, "username", kp, r.string, None)
+    return Receiver(
+        kind=kind, secret_file=r.path(d["secret_file"], _join(kp, "secret_file")),
+        send_resolved=r.opt(d, "send_resolved", kp,
+                            lambda v, k: r.typed(v, k, bool, "true or false"), True),
+        channel=r.opt(d, "channel", kp, r.string, None), chat_id=chat_id,
+        api_url=r.opt(d, "api_url", kp, lambda v, k: _http_url(r, v, k), None),
+        to=to, sender=sender, smarthost=smarthost, username=username)
+
+
+def _notify(r: _Reader, data: Any, kp: str) -> NotifyConfig:
+    d = r.mapping(data, kp, {"receivers", "alertmanager_url", "status_url"})
+    raw = d.get("receivers")
+    if not isinstance(raw, list) or not raw:
+        raise r.fail(_join(kp, "receivers"), "expected a non-empty list of receivers, e.g. "
+                                             "[{kind: discord, secret_file: secrets/discord}]")
+    receivers = tuple(_receiver(r, x, _join(_join(kp, "receivers"), i))
+                      for i, x in enumerate(raw))
+    return NotifyConfig(
+        receivers=receivers,
+        alertmanager_url=r.opt(d, "alertmanager_url", kp, lambda v, k: _http_url(r, v, k),
+                               DEFAULT_ALERTMANAGER_URL),
+        status_url=r.opt(d, "status_url", kp, lambda v, k: _http_url(r, v, k), None))
+
+
 def _choice(r: _Reader, value: Any, kp: str, allowed: tuple[str, ...]) -> str:
     text = r.string(value, kp)
     if text not in allowed:
@@ -412,7 +588,11 @@ def parse_config(data: Any, file: Path) -> Config:
     r = _Reader(file)
     if data is None:
         data = {}
-    top = r.mapping(data, "", {"jobs", "exporter", "remediator"})
+    top = r.mapping(data, "", {"host", "jobs", "exporter", "remediator", "notify"})
+    host = r.opt(top, "host", "", r.string, None)
+    if host is not None and not HOST_NAME_RE.match(host):
+        raise r.fail("host", "expected a host name of letters, digits, '_', '.', '-' "
+                             f"(the `host` label of this host's scrape targets), got {host!r}")
     raw_jobs = top.get("jobs")
     if not isinstance(raw_jobs, list) or not raw_jobs:
         raise r.fail("jobs", "expected a non-empty list of jobs")
@@ -440,7 +620,9 @@ def parse_config(data: Any, file: Path) -> Config:
         r, top["exporter"], "exporter")
     raw_remediator = top.get("remediator")
     remediator = _remediator(r, {} if raw_remediator is None else raw_remediator, "remediator")
-    return Config(path=file, jobs=jobs, exporter=exporter, remediator=remediator)
+    notify = None if top.get("notify") is None else _notify(r, top["notify"], "notify")
+    return Config(path=file, jobs=jobs, exporter=exporter, remediator=remediator,
+                  notify=notify, host=host if host is not None else default_host())
 
 
 def load_config(path: str | Path) -> Config:

@@ -98,9 +98,11 @@ class CollectorSet:
             success.add_metric([collector.name], 0.0 if error else 1.0)
             duration.add_metric([collector.name], time.perf_counter() - start)
             self._note(collector.name, error)
+        # Labels only through ``value``: passing value={} as well as add_metric() would
+        # serve a second, unlabelled ``trainguard_exporter_build_info 1``.
         build = InfoMetricFamily("trainguard_exporter_build",
-                                 "The trainguard exporter's version.", value={})
-        build.add_metric([], {"version": __version__})
+                                 "The trainguard exporter's version.",
+                                 value={"version": __version__})
         out.extend([success, duration, build])
         return out
 

@@ -18,6 +18,10 @@ status label (0 when none), so a rule on ``{status="invalid"} > 0`` never sees a
 appear from nowhere; latest step and timestamp are 0 while no usable checkpoint exists.
 ``trainguard_checkpoint_writing`` is 1 while a save is in progress, which the alert rules
 use to stay quiet: a save looks exactly like an idle hang (DESIGN.md §4).
+``trainguard_checkpoint_latest_size_bytes`` is the newest usable checkpoint's bytes, from
+the scanner's own stat pass (no walk of its own): what the next save will need, for
+TrainingDiskLow.  It is taken with the scan that found that checkpoint, as the other
+series are (a background scan may be using the scanner meanwhile).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class _Job:
     name: str
     scanner: CheckpointScanner
     last: list[CheckpointInfo] | None = None  # the last finished scan
+    size: int | None = None                   # its newest usable checkpoint's bytes
     at: float | None = None                   # when it finished (collector clock)
     busy: bool = False                        # the background thread has the scanner
     error: str | None = None                  # a background scan's failure, not reported yet
@@ -80,7 +85,7 @@ class CheckpointCollector:
         if infos is None:
             self._background(job)
             return job.last, True
-        job.last, job.at = infos, now
+        job.last, job.at, job.size = infos, now, _latest_size(job.scanner, infos)
         return infos, False
 
     def _background(self, job: _Job) -> None:
@@ -102,14 +107,16 @@ class CheckpointCollector:
                 job = self._queue.popleft()
             infos: list[CheckpointInfo] | None = None
             error: str | None = None
+            size: int | None = None
             try:
                 infos = job.scanner.scan()
+                size = _latest_size(job.scanner, infos)
             except Exception as exc:  # reported by the next scrape; the thread goes on
                 error = str(exc) if isinstance(exc, OSError) \
                     else f"{type(exc).__name__}: {exc}"
             with self._lock:
                 if infos is not None:
-                    job.last, job.at = infos, self._clock()
+                    job.last, job.at, job.size = infos, self._clock(), size
                 job.error = error
                 job.busy = False
 
@@ -130,6 +137,9 @@ class CheckpointCollector:
                                      "the background; the other checkpoint series show "
                                      "the last finished scan meanwhile (0 before the "
                                      "first).", labels=jl)
+        size = GaugeMetricFamily("trainguard_checkpoint_latest_size_bytes",
+                                 "Bytes of the newest usable checkpoint (what the next save "
+                                 "needs); 0 when none.", labels=jl)
         deadline = time.monotonic() + self._inline
         errors: list[str] = []
         for job in self._jobs:
@@ -148,9 +158,16 @@ class CheckpointCollector:
                     latest = info
             step.add_metric([job.name], float(latest.step or 0) if latest else 0.0)
             stamp.add_metric([job.name], latest.mtime if latest else 0.0)
+            size.add_metric([job.name], float(job.size or 0) if latest else 0.0)
             for status, n in tally.items():
                 counts.add_metric([job.name, status.value], float(n))
             writing.add_metric([job.name], 1.0 if tally[Status.WRITING] else 0.0)
-        yield from (step, stamp, counts, writing, scanning)
+        yield from (step, stamp, counts, writing, size, scanning)
         if errors:
             raise OSError("; ".join(errors))
+
+
+def _latest_size(scanner: CheckpointScanner, infos: list[CheckpointInfo]) -> int | None:
+    """Bytes of the newest usable checkpoint of a scan just finished by ``scanner``."""
+    latest = next((i for i in infos if i.usable), None)
+    return scanner.size(latest) if latest is not None else None

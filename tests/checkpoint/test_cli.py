@@ -81,8 +81,65 @@ def test_inspect_exit_codes(out: Path, capsys: pytest.CaptureFixture[str]) -> No
     # Whole files (exit 0); this environment needs them repaired before it can load them.
     assert code == 0 and obj["status"] == "valid"
     assert obj["verdict"]["loads"] is False and obj["verdict"]["repairs"] == ["rewrite-rng-numpy"]
-    code, _, _ = run(capsys, "inspect", str(out / "lora-step00000030-state"))
-    assert code == 1
+    code, stdout, _ = run(capsys, "inspect", str(out / "lora-step00000030-state"), "--json")
+    assert code == 1 and json.loads(stdout)["status"] == "invalid"
+
+
+def test_inspect_of_a_save_in_progress_exits_1(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    half = make_accelerate_checkpoint(tmp_path / "lora-step00000040-state", 40)
+    (half / "random_states_0.pkl").unlink()  # fresh: still being written
+    code, stdout, _ = run(capsys, "inspect", str(half), "--json")
+    assert code == 1 and json.loads(stdout)["status"] == "writing"
+
+
+def test_inspect_of_a_folder_that_is_no_checkpoint_says_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plain = tmp_path / "my-notes"
+    plain.mkdir()
+    (plain / "readme.txt").write_text("not a checkpoint\n")
+    (plain / "sub").mkdir()
+    for folder in (plain, tmp_path / "my-notes" / "sub"):
+        code, stdout, err = run(capsys, "inspect", str(folder))
+        assert code == 2 and stdout == "", (code, stdout)
+        assert len(err.strip().splitlines()) == 1, err
+        assert "is not a checkpoint" in err and str(folder) in err
+        assert "save" not in err.split("is not a checkpoint", 1)[0]
+        assert "dead" not in err and "writing" not in err and "missing" not in err
+
+
+def test_inspect_of_an_output_folder_points_to_list(
+        out: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, err = run(capsys, "inspect", str(out), "--json")
+    assert code == 2 and stdout == ""
+    assert "output folder holding 3 checkpoint folder(s)" in err
+    assert f"trainguard checkpoint list {out}" in err
+
+
+def test_inspect_still_judges_a_dead_save_by_its_name_or_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only folders with neither a checkpoint name nor a save's files are refused: an
+    empty state folder or renamed half-save is still a (dead) checkpoint."""
+    empty = tmp_path / "lora-step00000010-state"
+    empty.mkdir()
+    renamed = make_accelerate_checkpoint(tmp_path / "backup-copy", 10, mtime=OLD)
+    (renamed / "random_states_0.pkl").unlink()
+    set_mtime(renamed, OLD)
+    for folder in (empty, renamed):
+        code, stdout, _ = run(capsys, "inspect", str(folder), "--json")
+        assert code == 1 and json.loads(stdout)["status"] == "invalid", folder
+
+
+def test_repair_help_says_it_needs_the_torch_extra(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["checkpoint", "repair", "--help"])
+    assert exit_info.value.code == 0
+    assert "pip install 'trainguard[torch]'" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        main(["checkpoint", "--help"])
+    listing = " ".join(capsys.readouterr().out.split())
+    assert "repair make a checkpoint's RNG files loadable where it resumes (with a backup; " \
+           "needs the torch extra)" in listing
 
 
 def test_repair_dry_run_then_repair(out: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -109,3 +109,22 @@ def test_backup_never_overwrites_a_backup(tmp_path: Path) -> None:
     second = backup(f, b"two")
     assert first != second
     assert first.read_bytes() == b"one" and second.read_bytes() == b"two"
+
+
+def test_result_reads_as_a_sentence_in_logs_and_the_api(tmp_path: Path) -> None:
+    """The pipeline logs str(result) and keeps it as the incident's detail."""
+    from helpers.checkpoints import rewrite_rng_numpy
+
+    c = make_accelerate_checkpoint(tmp_path / "lora-step00000020-state", 20, rng_step=0)
+    rewrite_rng_numpy(c / "random_states_0.pkl", "numpy.core")  # a numpy 1.x writer's file
+    change = ("rewrite-rng-numpy: random_states_0.pkl: numpy.core.multiarray._reconstruct "
+              "-> numpy._core.multiarray._reconstruct")
+    planned = str(apply_repair(plan_repair(c), dry_run=True))
+    assert planned == f"would repair {c}: {change}"
+    done = apply_repair(plan_repair(c))
+    (bak,) = done.backups
+    assert str(done) == f"repaired {c}: {change} (originals kept as {bak.name})"
+    again = str(apply_repair(plan_repair(c)))
+    assert again == f"nothing to repair in {c}"
+    for text in (planned, str(done), again):
+        assert "RepairResult(" not in text and "PosixPath" not in text

@@ -15,15 +15,17 @@ from helpers.common import REPO
 
 def compose_env(tmp_path: Path) -> dict[str, str]:
     for name in ("outputs", "state"):
-        (tmp_path / name).mkdir()
+        (tmp_path / name).mkdir(parents=True)
     (tmp_path / "trainguard.yaml").write_text("jobs: []\n")
     (tmp_path / "webhook-token").write_text("t\n")
+    (tmp_path / "state" / "alertmanager.yml").write_text("route: {receiver: notify}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAINGUARD_", "GRAFANA_"))}
     env.update(TRAINGUARD_CONFIG=str(tmp_path / "trainguard.yaml"),
                TRAINGUARD_OUTPUTS=str(tmp_path / "outputs"),
                TRAINGUARD_TOKEN_FILE=str(tmp_path / "webhook-token"),
                TRAINGUARD_STATE_DIR=str(tmp_path / "state"),
-               TRAINGUARD_USER="1000:1000", GRAFANA_ADMIN_PASSWORD="not-admin")
+               TRAINGUARD_USER="1000:1000", GRAFANA_ADMIN_PASSWORD="not-admin",
+               TRAINGUARD_ALERTMANAGER_CONFIG=str(tmp_path / "state" / "alertmanager.yml"))
     return env
 
 
@@ -43,10 +45,23 @@ def test_docker_compose_config_is_valid(tmp_path: Path) -> None:
 
 
 def test_missing_paths_and_password_are_errors_not_defaults(tmp_path: Path) -> None:
+    for name in ("GRAFANA_ADMIN_PASSWORD", "TRAINGUARD_ALERTMANAGER_CONFIG"):
+        env = compose_env(tmp_path / name)
+        del env[name]
+        out = compose(["config", "-q"], env, expect_rc=1)
+        assert name in out
+
+
+def test_alertmanager_runs_on_the_generated_config_only(tmp_path: Path) -> None:
+    """Not the shipped file (placeholder receivers): what `trainguard alertmanager-config`
+    made, mounted read-only, read by the user who owns it (0600)."""
     env = compose_env(tmp_path)
-    del env["GRAFANA_ADMIN_PASSWORD"]
-    out = compose(["config", "-q"], env, expect_rc=1)
-    assert "GRAFANA_ADMIN_PASSWORD" in out
+    am = yaml.safe_load(compose(["config"], env))["services"]["alertmanager"]
+    assert f"{env['TRAINGUARD_ALERTMANAGER_CONFIG']}:/etc/alertmanager/alertmanager.yml:ro" \
+        in [v if isinstance(v, str) else f"{v['source']}:{v['target']}:ro" for v in am["volumes"]]
+    assert not any("deploy/alertmanager" in str(v) for v in am["volumes"])
+    assert am["user"] == "1000:1000"
+    assert f"--storage.path={env['TRAINGUARD_STATE_DIR']}/alertmanager" in am["command"]
 
 
 def test_services_listen_on_loopback_and_see_the_host(tmp_path: Path) -> None:

@@ -44,7 +44,10 @@ JOB = "live"
 TOKEN = "dashboard-test-token"
 # What Grafana substitutes with the datasource's timeInterval at 1 s: $__interval is at
 # least 1 s (2 s keeps two samples in a changes() window), $__rate_interval is 4 scrapes.
-GRAFANA_VARS = {"training_job": JOB, "__interval": "2s", "__rate_interval": "4s",
+# `host` is the Prometheus target label of a fleet (deploy/prometheus/prometheus.yml): this
+# test's targets carry one, and the run dashboard filters on it.
+HOST = "testhost"
+GRAFANA_VARS = {"training_job": JOB, "host": HOST, "__interval": "2s", "__rate_interval": "4s",
                 "__range": "5m", "__range_s": "300"}
 VAR_RE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
 LABEL_VALUES_RE = re.compile(r"^label_values\((.+),\s*(\w+)\)$")
@@ -153,9 +156,11 @@ def test_every_dashboard_query_returns_data(tmp_path: Path) -> None:
             "rule_files": [str(FAST_TUNABLES), str(RULES)],
             "scrape_configs": [
                 {"job_name": "trainguard-exporter",
-                 "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]},
+                 "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"],
+                                     "labels": {"host": HOST}}]},
                 {"job_name": "trainguard-remediator",
-                 "static_configs": [{"targets": [f"127.0.0.1:{remediator_port}"]}]},
+                 "static_configs": [{"targets": [f"127.0.0.1:{remediator_port}"],
+                                     "labels": {"host": HOST}}]},
             ]})
         daemons.append(prometheus)
         for d in daemons:

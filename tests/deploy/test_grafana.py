@@ -70,10 +70,15 @@ def test_every_query_uses_the_provisioned_datasource_uid() -> None:
         assert all(isinstance(t["datasource"], dict) for t in targets), path.name
 
 
-def test_run_page_is_templated_on_training_job() -> None:
+def test_run_page_is_templated_on_host_and_training_job() -> None:
+    """A job is (host, training_job): the run page picks a host (All on a single host,
+    whose series have no host label), then one of its jobs."""
     dash = json.loads(Path(GRAFANA_DIR / "dashboards" / "trainguard-run.json").read_text())
-    names = [v["name"] for v in dash["templating"]["list"]]
-    assert names == ["training_job"]
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert list(variables) == ["host", "training_job"]
+    assert variables["host"]["includeAll"] and variables["host"]["allValue"] == ".*"
+    assert '{host=~"$host"}' in variables["training_job"]["query"]["query"]
     per_job = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])
                if "trainguard_job" in t["expr"] or "trainguard_checkpoint" in t["expr"]]
-    assert per_job and all('training_job="$training_job"' in e for e in per_job)
+    assert per_job and all('host=~"$host", training_job="$training_job"' in e
+                           for e in per_job)

@@ -13,7 +13,7 @@ from deploy_testlib import FAST_TUNABLES, PROMETHEUS_DIR, RULES, TUNABLES, run_t
 REMEDIATING = {"TrainingGPUIdle", "TrainingStalled", "TrainingProcessDown"}
 NOTIFY_ONLY = {"TrainingCheckpointInvalid", "TrainingCheckpointStale",
                "TrainingRemediationGaveUp", "TrainingRemediationRefused",
-               "TrainguardExporterDown"}
+               "TrainguardExporterDown", "TrainingFailedPermanently", "TrainingDiskLow"}
 PER_JOB = REMEDIATING | NOTIFY_ONLY - {"TrainguardExporterDown"}
 
 
@@ -47,9 +47,14 @@ def test_every_alert_of_the_contract_with_its_routing_label() -> None:
         assert a["labels"]["remediate"] == want, a["alert"]
         assert a["labels"]["severity"] in {"warning", "critical"}, a["alert"]
         assert a["annotations"]["summary"] and a["annotations"]["description"], a["alert"]
-        # Per-job alerts carry the exclusions (completed, writing, grace) through one record.
+        # Per-job alerts carry the exclusions (completed, writing, grace) through one record,
+        # and a job is (host, training_job): two hosts' jobs of one name never merge.
         if a["alert"] in PER_JOB:
-            assert "unless on (training_job) trainguard:job_quiet" in a["expr"], a["alert"]
+            assert "unless on (host, training_job) (trainguard:job_quiet == 1)" in a["expr"], \
+                a["alert"]
+    for expr in (r["expr"] for r in rules_of(RULES)):
+        groupings = re.findall(r"\b(?:by|on) \(([^)]*)\)", expr)
+        assert all(g.startswith("host, training_job") for g in groupings), (groupings, expr)
 
 
 def test_durations_come_from_tunables_not_for() -> None:

@@ -1,4 +1,4 @@
-"""Print the end-to-end rescue timings after the run, whatever pytest captured."""
+"""Print the end-to-end timings after the run, whatever pytest captured."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ import pytest
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    _rescue_summary(terminalreporter)
+    _restart_summary(terminalreporter)
+
+
+def _rescue_summary(terminalreporter: pytest.TerminalReporter) -> None:
     module = sys.modules.get("tests.e2e.test_rescue") or next(
         (m for name, m in sys.modules.items() if name.endswith("test_rescue")), None)
     timings = getattr(module, "TIMINGS", None)
@@ -24,3 +29,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     tr.write_line("configured = the tunable + the rules' for: debounce + Alertmanager group_wait; "
                   "overhead = what the pipeline adds beyond it (detection slack, kill, "
                   "resume, accelerate start-up)")
+
+
+def _restart_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The figures of test_stack_restart.py (issue 16), when it ran."""
+    module = next((m for name, m in sys.modules.items() if name.endswith("test_stack_restart")),
+                  None)
+    timings = getattr(module, "RESTART_TIMINGS", None)
+    if not timings:
+        return
+    terminalreporter.section("trainguard: a stack restarted right after a rescue "
+                             "(run-stack.sh, shipped intervals)")
+    for what, seconds in timings:
+        terminalreporter.write_line(f"{what:<42} {seconds:7.1f}s")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,3 +190,21 @@ def test_each_incident_acted_on_once(rescued: tuple[Stack, list[Scenario]]) -> N
         starts = [e for e in events(sc.run) if e["event"] == "start"]
         expected = 1 if sc.expect_resume_from is None else 2
         assert len(starts) == expected, f"{sc.name}: {len(starts)} starts"
+
+
+def test_the_demos_where_to_look_pages_answer_while_its_stack_runs(
+        rescued: tuple[Stack, list[Scenario]]) -> None:
+    """No link that goes nowhere: Debian's Prometheus 2.42 has only its classic pages and
+    Debian's Alertmanager no web UI; and the demo says when the pages go away."""
+    from demo.__main__ import where_to_look
+
+    stack, _ = rescued
+    pages = stack.where_to_look()
+    assert {what for what, _ in pages} >= {"remediator status page", "Prometheus alerts"}
+    for what, url in pages:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert response.status == 200, (what, url)
+    for stays_up, when in ((True, "until you press Enter"), (False, "only until the demo exits")):
+        lines = where_to_look(stack, stays_up)
+        assert when in lines[0] and "stops" in lines[0]
+        assert all(any(url in line for line in lines) for _, url in pages)

@@ -19,6 +19,9 @@ if str(HERE) not in sys.path:  # for exporter_testlib
     sys.path.insert(0, str(HERE))
 
 
+GPU_DESELECTED: list[str] = []  # node ids, for the note in the terminal summary
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("TRAINGUARD_REAL_NVML") == "1":
         return
@@ -27,6 +30,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = [i for i in items if i not in drop]
+        GPU_DESELECTED.extend(i.nodeid for i in drop)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say what "N deselected" in the last line is, so nobody wonders what was left out."""
+    if GPU_DESELECTED:
+        terminalreporter.write_line(
+            f"note: {len(GPU_DESELECTED)} deselected = the gpu-marked test(s) "
+            f"({', '.join(GPU_DESELECTED)}), which need a real NVIDIA driver; on a GPU "
+            "machine run TRAINGUARD_REAL_NVML=1 pytest tests/exporter -m gpu")
 
 
 @pytest.fixture(scope="session")

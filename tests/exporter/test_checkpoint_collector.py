@@ -122,3 +122,38 @@ def test_a_background_scan_that_fails_is_reported_by_the_next_scrape(
         m, "trainguard_collector_success", collector="checkpoint") == 0 and m,
         timeout=30, what="the failure reported")
     assert value(m, "trainguard_collector_success", collector="checkpoint") == 0
+
+
+def test_latest_size_comes_from_the_scanners_stat_pass(real_states: Path, tmp_path: Path
+                                                       ) -> None:
+    """trainguard_checkpoint_latest_size_bytes: the bytes of the newest usable state, kept
+    in step with its files, without re-inspecting folders whose stat did not change."""
+    out = tmp_path / "out"
+    shutil.copytree(real_states, out)
+    clock = Clock()
+    collector = CheckpointCollector([JobConfig(name="a", output_dir=out),
+                                     JobConfig(name="none", output_dir=tmp_path / "n")],
+                                    rescan_seconds=0.0, clock=clock)
+    cs = CollectorSet([collector], lambda: {})
+
+    def files_of(state: str) -> int:
+        return sum(f.stat().st_size for f in (out / state).rglob("*") if f.is_file())
+
+    m = metrics_of(cs)
+    assert value(m, "trainguard_checkpoint_latest_size_bytes", training_job="a") == \
+        files_of("t-state")
+    assert value(m, "trainguard_checkpoint_latest_size_bytes", training_job="none") == 0
+    scanner = collector._jobs[0].scanner
+    inspected = scanner.inspections
+    metrics_of(cs)
+    assert scanner.inspections == inspected  # nothing changed, nothing re-inspected
+    extra = out / "t-state" / "notes.txt"
+    extra.write_bytes(b"x" * 12345)
+    m = metrics_of(cs)
+    assert value(m, "trainguard_checkpoint_latest_size_bytes", training_job="a") == \
+        files_of("t-state")
+    assert scanner.inspections == inspected + 1
+    shutil.rmtree(out / "t-state")
+    m = metrics_of(cs)
+    assert value(m, "trainguard_checkpoint_latest_size_bytes", training_job="a") == \
+        files_of("t-step00000004-state")

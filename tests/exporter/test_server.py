@@ -59,6 +59,12 @@ def test_every_collector_succeeds_and_reports_its_duration(exporter: ExporterPro
     assert value(m, "trainguard_exporter_build_info", version=_version()) == 1
 
 
+def test_build_info_is_one_labelled_sample(exporter: ExporterProcess) -> None:
+    body = http_get(exporter.url + "/metrics")[2]
+    lines = [line for line in body.splitlines() if line.startswith("trainguard_exporter_build")]
+    assert lines == [f'trainguard_exporter_build_info{{version="{_version()}"}} 1.0'], lines
+
+
 def _version() -> str:
     from trainguard import __version__
 

@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from remediator.decide import Act, Budget, Facts, GiveUp, Refuse, Skip, Wait, decide
+from remediator.decide import (
+    Act,
+    Budget,
+    Facts,
+    FailPermanently,
+    GiveUp,
+    Refuse,
+    Skip,
+    Wait,
+    decide,
+)
 from remediator.prepare import Prepared, Refusal
 from trainguard.process import JobProcess
 
@@ -156,3 +166,69 @@ def test_refusal_never_outranks_the_checks_that_need_no_action() -> None:
     assert isinstance(decide(facts(resume=refusal, completed=True)), Skip)
     assert isinstance(decide(facts(resume=refusal, paused=True)), Skip)
     assert isinstance(decide(facts(resume=refusal, last_process_start=ALERT + 1)), Skip)
+
+
+# ------------------------------------------------------------ how the run failed (issue 13)
+
+def failed(cause: str | None, line: str = "the error line", at: float = NOW - 60) -> object:
+    from remediator.failures import Failure, pattern
+
+    if cause is None:
+        return Failure("unknown", None, line, "no error trainguard knows", "look", at=at)
+    p = pattern(cause)
+    return Failure(p.cls, p.cause, line, p.what, p.todo, at=at)
+
+
+DEAD = {"processes": ()}
+
+
+def test_a_configuration_failure_is_not_relaunched_and_says_what_to_fix() -> None:
+    d = timed(facts(**DEAD, failure=failed(
+        "module-not-found", "ModuleNotFoundError: No module named 'library'")))
+    assert isinstance(d, FailPermanently)
+    assert "No module named 'library'" in d.reason and "install" in d.reason
+    assert d.failure.cls == "configuration"
+
+
+def test_a_configuration_failure_beats_the_spent_budget_and_the_backoff() -> None:
+    """Told as what it is, not as 'budget spent'; and not after waiting out a backoff."""
+    fail = failed("module-not-found")
+    assert isinstance(decide(facts(**DEAD, failure=fail, launches=(NOW - 9,) * 3)),
+                      FailPermanently)
+    assert isinstance(decide(facts(**DEAD, failure=fail, launches=(NOW - 9,))),
+                      FailPermanently)
+
+
+def test_what_outranks_a_failure() -> None:
+    fail = failed("module-not-found")
+    assert isinstance(decide(facts(**DEAD, failure=fail, paused=True)), Skip)
+    assert decide(facts(**DEAD, failure=fail, gave_up=True, gave_up_reason="x")) == Skip(
+        "gave up earlier (x); run `trainguard remediator reset lora` to re-arm", "gave_up")
+    assert isinstance(decide(facts(**DEAD, failure=fail, completed=True)), Skip)
+    d = decide(facts(**DEAD, failure=fail, last_process_start=ALERT + 1))
+    assert isinstance(d, Skip) and d.reason.startswith("stale")
+    # A live process: whatever an old log says, this is not a dead run.
+    assert isinstance(decide(facts(failure=fail)), Act)
+
+
+def test_a_person_who_reset_the_job_after_the_failure_gets_a_resume() -> None:
+    fail = failed("module-not-found", at=NOW - 600)
+    assert isinstance(decide(facts(**DEAD, failure=fail, rearmed_at=NOW - 60)), Act)
+    assert isinstance(decide(facts(**DEAD, failure=fail, rearmed_at=NOW - 900)),
+                      FailPermanently)
+
+
+@pytest.mark.parametrize("cause", ["cuda-out-of-memory", "disk-full", "accelerate-rng-step"])
+def test_resources_and_resume_errors_get_one_retry_then_stop(cause: str) -> None:
+    fail = failed(cause)
+    assert isinstance(decide(facts(**DEAD, failure=fail)), Act)
+    d = decide(facts(**DEAD, failure=fail, failure_relaunches=1))
+    assert isinstance(d, FailPermanently) and "came back" in d.reason
+
+
+@pytest.mark.parametrize("cause", ["killed-by-signal", "nccl-timeout", None])
+def test_transient_and_unknown_failures_resume_within_the_budget(cause: str | None) -> None:
+    fail = failed(cause, "died with <Signals.SIGKILL: 9>")
+    assert isinstance(decide(facts(**DEAD, failure=fail, failure_relaunches=2)), Act)
+    d = decide(facts(**DEAD, failure=fail, launches=(NOW - 3000, NOW - 2000, NOW - 1000)))
+    assert isinstance(d, GiveUp) and "SIGKILL" in d.reason

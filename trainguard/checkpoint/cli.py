@@ -1,13 +1,16 @@
 """`trainguard checkpoint list|inspect|latest`: the read-only doctor on the command line.
 
-Exit codes (DESIGN.md §2): 0 the answer is good (inspect: valid; latest: found one;
-list: listed), 1 invalid or nothing usable, 2 usage error such as a missing folder.
+Exit codes (DESIGN.md §2): 0 the answer is good (inspect: usable, i.e. valid or
+repairable; latest: found one; list: listed), 1 invalid or nothing usable (inspect: invalid
+or still being written), 2 usage error such as a missing folder or one that is not a
+checkpoint at all.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -15,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from trainguard.checkpoint.compat import Environment, verdict
 from trainguard.checkpoint.doctor import DEFAULT_WRITING_FRESH_SECONDS, inspect_checkpoint
-from trainguard.checkpoint.model import CheckpointInfo, Status
+from trainguard.checkpoint.model import CheckpointInfo
+from trainguard.checkpoint.names import parse_name
 from trainguard.checkpoint.scanner import list_checkpoints
 
 if TYPE_CHECKING:
@@ -40,6 +44,40 @@ def _folder(text: str, what: str) -> Path | str:
 
 
 _LAYOUTS = {"trainer": "Hugging Face Trainer", "accelerate": "accelerate save_state"}
+
+# Files one of the savers the doctor knows writes into a checkpoint folder: accelerate's
+# save_state (and the weights its save hooks write), sd-scripts' train_state.json, the
+# Hugging Face Trainer's state.  A folder with none of them and no checkpoint name is not
+# a dead save: it is the wrong folder, and the doctor's verdict on it would mislead.
+_SAVE_FILES = re.compile(r"^(train_state\.json|trainer_state\.json|random_states_\d+\.pkl)$"
+                         r"|\.(safetensors|bin|pt|pth|distcp)$")
+
+
+def _holds_save_file(folder: Path) -> bool:
+    """A sub-folder a save hook or a sharded optimizer wrote (``unet/``, ``optimizer_0/``)."""
+    try:
+        return any(_SAVE_FILES.search(p.name) for p in folder.iterdir())
+    except OSError:
+        return False
+
+
+def _not_a_checkpoint(folder: Path) -> str | None:
+    """Why ``folder`` is not a checkpoint at all (one line), or None when it may be one."""
+    if parse_name(folder.name) is not None:
+        return None  # named like one: empty or not, it is a (possibly dead) save
+    inside = list(folder.iterdir())
+    saves = sorted(e.name for e in inside if e.is_dir() and parse_name(e.name) is not None)
+    if saves:
+        return (f"{folder} is an output folder holding {len(saves)} checkpoint folder(s) "
+                f"({', '.join(saves[:3])}{', ...' if len(saves) > 3 else ''}), not a "
+                f"checkpoint: trainguard checkpoint list {folder}")
+    for entry in inside:
+        if _SAVE_FILES.search(entry.name) or (entry.is_dir() and _holds_save_file(entry)):
+            return None
+    return (f"{folder} is not a checkpoint: its name is none of the checkpoint names "
+            "(NAME-stepNNNNNNNN-state, NAME-NNNNNN-state, NAME-state, checkpoint-N, "
+            "checkpoint_N) and it holds none of the files accelerate's save_state or the "
+            "Trainer write")
 
 
 def _when(ts: float) -> str:
@@ -114,6 +152,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             env = Environment.of_python(args.python)
         except ValueError as exc:
             return _usage(f"--python: {exc}")
+    try:
+        why_not = _not_a_checkpoint(folder)
+    except OSError as exc:
+        return _usage(f"checkpoint folder {folder}: cannot read it: {exc.strerror or exc}")
+    if why_not:
+        return _usage(why_not)
     info = inspect_checkpoint(folder, writing_fresh_seconds=args.writing_fresh_seconds)
     v = verdict(info, env)
     if args.json:
@@ -131,7 +175,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if v.repairs:
             extra["repairs"] = ", ".join(v.repairs) + " (trainguard checkpoint repair)"
         print(format_details(info, extra))
-    return EXIT_OK if info.status is Status.VALID else EXIT_INVALID
+    # Repairable is usable (DESIGN.md §2: 1 is "invalid or nothing usable"): the remediator
+    # repairs it before resuming, and `checkpoint repair` does by hand.
+    return EXIT_OK if info.usable else EXIT_INVALID
 
 
 def cmd_latest(args: argparse.Namespace) -> int:
@@ -168,7 +214,8 @@ def register(registry: CommandRegistry) -> None:
     p.add_argument("output_dir", metavar="OUTPUT_DIR")
     _common(p)
     p.set_defaults(handler=cmd_list)
-    p = sub.add_parser("inspect", help="one checkpoint in depth (exit 0 only when valid)")
+    p = sub.add_parser("inspect", help="one checkpoint in depth (exit 0 when usable: valid "
+                       "or repairable)")
     p.add_argument("checkpoint_dir", metavar="CKPT_DIR")
     p.add_argument("--python", metavar="EXE", help="judge loadability for this interpreter's "
                    "torch/accelerate/numpy (default: the one running trainguard)")

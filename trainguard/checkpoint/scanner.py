@@ -23,6 +23,12 @@ for what exists:
 * the order is kept between scans, each folder with its sort key, so taking in a new
   checkpoint costs its own inspection and a binary search, whatever the folder holds.
 
+Sizes come with the signature for free: the same ``scandir`` pass that stats every file
+adds up their bytes (:meth:`CheckpointScanner.size`, as of the folder's latest signature),
+so the exporter's ``trainguard_checkpoint_latest_size_bytes`` costs no walk of its own,
+and :func:`checkpoint_bytes` is the same sum for a one-off question (the remediator's disk
+check before a resume).
+
 A scan may be given a deadline (:meth:`CheckpointScanner.scan_until`): it then stops
 inspecting once the deadline has passed, keeping what it inspected, so the next scan goes
 on from there (the exporter finishes a huge first scan in the background this way).
@@ -107,10 +113,13 @@ def _own(st: os.stat_result) -> Own:
     return st.st_ino, st.st_mtime_ns, st.st_ctime_ns
 
 
-def _signature(folder: str) -> Signature | None:
+def _signature(folder: str) -> tuple[Signature, int] | None:
+    """The folder's stat signature and the bytes of its files (one sub-folder level, as
+    ``save_pretrained`` writes); None when it is gone."""
     try:
         own = _own(os.stat(folder))
         files = []
+        size = 0
         with os.scandir(folder) as it:
             for entry in it:
                 st = entry.stat()
@@ -120,9 +129,20 @@ def _signature(folder: str) -> Signature | None:
                         for e in sub:
                             st = e.stat()
                             files.append((f"{entry.name}/{e.name}", st.st_size, st.st_mtime_ns))
+                            if not e.is_dir():
+                                size += st.st_size
+                else:
+                    size += st.st_size
     except (FileNotFoundError, NotADirectoryError):
         return None
-    return own, tuple(sorted(files))
+    return (own, tuple(sorted(files))), size
+
+
+def checkpoint_bytes(folder: Path) -> int | None:
+    """Bytes of the files of one checkpoint folder (as :meth:`CheckpointScanner.size`
+    counts them); None when it is gone."""
+    got = _signature(str(folder))
+    return None if got is None else got[1]
 
 
 def _turn(names: list[str], at: int, width: int) -> list[str]:
@@ -140,6 +160,7 @@ class _Seen:
     sig: Signature
     info: CheckpointInfo
     key: Key
+    size: int         # bytes of its files, as of sig
     ino: int = 0      # the folder's own inode and ctime, from sig, compared on every scan
     ctime: int = 0
 
@@ -193,6 +214,16 @@ class CheckpointScanner:
         """The newest usable checkpoint, or None."""
         return next((i for i in self.scan(now, ledger) if i.usable), None)
 
+    def size(self, info: CheckpointInfo) -> int | None:
+        """Bytes of a checkpoint the last :meth:`scan` returned (from its latest signature;
+        no walk of its own); None for one it did not see."""
+        try:
+            name = info.path.relative_to(self.output_dir).as_posix()
+        except ValueError:
+            return None
+        seen = self._cache.get(name)
+        return seen.size if seen is not None else None
+
     # ------------------------------------------------------------------ one scan
 
     def _scan(self, now: float | None, ledger: ResumeLedger | None, deadline: float | None,
@@ -215,11 +246,13 @@ class CheckpointScanner:
                 return None
             seen = cache.get(name)
             path = seen.path if seen is not None else f"{self._dir}/{name}"
-            sig = _signature(path)
-            if sig is None:
+            got = _signature(path)
+            if got is None:
                 self._forget(name)
                 continue
+            sig, size = got
             if seen is not None and seen.sig == sig and seen.info.status is not Status.WRITING:
+                seen.size = size
                 continue
             try:
                 info = inspect_checkpoint(Path(path), now=now, writing_fresh_seconds=fresh)
@@ -228,7 +261,7 @@ class CheckpointScanner:
                 continue
             self.inspections += 1
             self._forget(name)
-            self._remember(_Seen(path, sig, info, progress_key(info, ledger)), name)
+            self._remember(_Seen(path, sig, info, progress_key(info, ledger), size), name)
             if info.status is Status.WRITING or now - info.mtime < fresh:
                 self._hot.add(name)
         self._new = [name for name in self._new if name not in cache]  # failed: again
