@@ -51,3 +51,19 @@ def test_an_alert_from_before_the_last_launch_is_skipped_with_its_audit_row(
     elsewhere, _, stale4 = store.receive("other", "Hung", "2026-01-01T00:00:00Z", 150.0,
                                          None, reason)
     assert not stale4 and elsewhere.state == "queued"
+
+
+def test_the_host_is_part_of_the_identity(tmp_path: Path) -> None:
+    """Prometheus evaluates a rule for every host at once: two hosts' alerts for jobs of
+    one name share alertname and startsAt, and must not pass for duplicates."""
+    store = Store(tmp_path / "state.db")
+    here, created, _ = store.receive("job", "Hung", "2026-01-01T00:00:00Z", 100.0, None,
+                                     reason, host="gpu-a")
+    there, created2, _ = store.receive("job", "Hung", "2026-01-01T00:00:00Z", 100.0, None,
+                                       reason, host="gpu-b")
+    assert created and created2 and here.id != there.id
+    assert (here.host, there.host) == ("gpu-a", "gpu-b")
+    again, created3, _ = store.receive("job", "Hung", "2026-01-01T00:00:00Z", 100.0, None,
+                                       reason, host="gpu-a")
+    assert not created3 and again.id == here.id and again.deliveries == 2
+    assert store.get_incident(there.id) == there
