@@ -4,8 +4,10 @@ Why waitress and a tiny WSGI router rather than ``prometheus_client.start_http_s
 the latter answers every path with metrics and cannot add ``/healthz``; waitress is
 already a dependency (the remediator serves with it), is production-grade, and shuts
 down cleanly when SIGTERM/SIGINT raise ``SystemExit`` in its loop.
-``make_wsgi_app`` keeps client_python's content negotiation (OpenMetrics or text by the
-Accept header, gzip, ``name[]`` filtering).
+``/metrics`` is rendered by :mod:`exporter.exposition` (client_python's renderer cost more
+than the collecting), with client_python's content negotiation (OpenMetrics or text by the
+Accept header, gzip); ``make_wsgi_app`` still answers what that module leaves to it
+(``name[]`` filtering, other OpenMetrics versions, OPTIONS).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from exporter.collectors.disk import DiskCollector
 from exporter.collectors.gpu import GpuCollector
 from exporter.collectors.process import ProcessCollector
 from exporter.collectors.progress import ProgressCollector
+from exporter.exposition import Renderer, choose, encode
 from exporter.nvml import NvmlSession
 from trainguard.config import Config, Listen
 from trainguard.process import ProcessMatcher
@@ -66,10 +69,29 @@ def build_registry(config: Config, session: NvmlSession | None = None,
 
 def make_app(registry: CollectorRegistry) -> WSGIApp:
     metrics = make_wsgi_app(registry)
+    renderer = Renderer()
+
+    def fast(environ: dict[str, Any], start_response: StartResponse) -> list[bytes] | None:
+        """The body from exporter.exposition, or None to leave it to client_python."""
+        if environ.get("REQUEST_METHOD") != "GET" or environ.get("QUERY_STRING"):
+            return None
+        chosen = choose(environ.get("HTTP_ACCEPT"))
+        if chosen is None:
+            return None
+        body = renderer.render(registry.collect(), openmetrics=chosen[0])
+        if body is None:
+            return None
+        body, headers = encode(body, environ.get("HTTP_ACCEPT_ENCODING"))
+        start_response("200 OK", [("Content-Type", chosen[1]),
+                                  ("Content-Length", str(len(body))), *headers])
+        return [body]
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
+            answer = fast(environ, start_response)
+            if answer is not None:
+                return answer
             return metrics(environ, start_response)  # type: ignore[no-any-return]
         if path == "/healthz":
             body = b"ok\n"

@@ -200,6 +200,9 @@ class Remediator:
         (trainguard.fleet).  An incident keeps the alert's own host label ('' for none,
         as rows from before the host was known): its report carries the same label, so
         Alertmanager pairs the two (remediator.report).
+
+        One store transaction per firing alert of a configured job (Store.receive); the
+        rest of the work is the worker's, which lets the receiver finish first.
         """
         host = self.config.host
         label = alert.host or ""
@@ -235,20 +238,15 @@ class Remediator:
                          alert.alertname, inc2.id)
                 return "cancelled"
             return "resolved"
-        js = self.store.job_state(job.name)
-        if js.last_process_start is not None and alert.starts_ts < js.last_process_start:
-            _inc, created = self.store.open_incident(
-                job.name, alert.alertname, alert.starts_at, alert.starts_ts, alert.fingerprint,
-                state="skipped", host=label,
-                reason=f"stale: the alert started at {_fmt(alert.starts_ts)}, before the run "
-                       f"trainguard started at {_fmt(js.last_process_start)}")
+        inc, created, stale = self.store.receive(
+            job.name, alert.alertname, alert.starts_at, alert.starts_ts, alert.fingerprint,
+            lambda launched: f"stale: the alert started at {_fmt(alert.starts_ts)}, before "
+                             f"the run trainguard started at {_fmt(launched)}", host=label)
+        if stale:
             if created:
                 log.info("%s: %s started %s, before the last remediation's run: stale, skipped",
                          job.name, alert.alertname, _fmt(alert.starts_ts))
-                self.store.record(job.name, _inc.id, "skip", "skipped", "stale alert")
             return "stale"
-        inc, created = self.store.open_incident(job.name, alert.alertname, alert.starts_at,
-                                                alert.starts_ts, alert.fingerprint, host=label)
         if not created:
             if inc.state == "refused" and time.time() - inc.updated >= \
                     self.rc.refused_recheck_seconds and self.store.set_state(
@@ -259,16 +257,15 @@ class Remediator:
                 return "rechecking"
             # A person re-armed the job after the run failed for good: they say they
             # fixed the cause, so the next delivery is looked at again.
-            if inc.state == "failed_permanently" and js.budget_since > inc.updated and \
+            if inc.state == "failed_permanently" and \
+                    self.store.job_state(job.name).budget_since > inc.updated and \
                     self.store.set_state(inc.id, "queued", only_from=("failed_permanently",)):
                 log.info("%s: %s delivered again after a reset; incident %d had failed for "
                          "good, looking again", job.name, alert.alertname, inc.id)
                 self._queues[job.name].put(inc.id)
                 return "rechecking"
             return "duplicate"
-        log.info("%s: new incident %d for %s (started %s): queued", job.name, inc.id,
-                 alert.alertname, _fmt(alert.starts_ts))
-        self._queues[job.name].put(inc.id)
+        self._queues[job.name].put(inc.id)  # the worker logs it (no I/O on this path)
         return "queued"
 
     # ------------------------------------------------------------------ the worker
@@ -322,6 +319,9 @@ class Remediator:
         inc = self.store.get_incident(incident_id)
         if inc is None or inc.state not in ("queued", "waiting", "acting"):
             return
+        log.info("%s: incident %d for %s (started %s, received %s, %d deliveries): handling",
+                 job.name, inc.id, inc.alertname, _fmt(inc.starts_ts), _fmt(inc.created),
+                 inc.deliveries)
         saving_since: float | None = None
         noted: set[str] = set()
         while True:

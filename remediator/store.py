@@ -48,7 +48,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,6 +294,62 @@ class Store:
             row = db.execute("SELECT * FROM incidents WHERE host=? AND job=? AND alertname=? "
                              "AND starts_at=?", key).fetchone()
         return _incident(row), created
+
+    def receive(self, job: str, alertname: str, starts_at: str, starts_ts: float,
+                fingerprint: str | None, stale_reason: Callable[[float], str],
+                host: str = "") -> tuple[Incident, bool, bool]:
+        """One delivery of a firing alert for a configured job; ``(incident, created,
+        stale)``.  The identity is :meth:`open_incident`'s ``(host, job, alertname,
+        starts_at)``; staleness is per job (``jobs.last_process_start``).
+
+        A new alert is ONE statement (its own transaction): an INSERT that also checks it
+        did not start before the run trainguard last launched.  Under a burst of
+        deliveries every request holds the store's lock for that one statement, and each
+        statement lets other threads take the interpreter in the middle, so the count
+        matters (bench/bench_webhook.py).  A repeated delivery or a stale alert takes the
+        full transaction: one more delivery counted, or the alert recorded ``skipped``
+        with ``stale_reason(that launch's time)`` and its audit row.
+        """
+        now = time.time()
+        key = (host, job, alertname, starts_at)
+        with self._lock:
+            try:
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO incidents (host, job, alertname, starts_at, "
+                    "starts_ts, fingerprint, state, created, updated) "
+                    "SELECT ?,?,?,?,?,?,'queued',?,? WHERE NOT EXISTS "
+                    "(SELECT 1 FROM jobs WHERE job=? AND last_process_start > ?)",
+                    (*key, starts_ts, fingerprint, now, now, job, starts_ts))
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: {exc}") from None
+            if cur.rowcount == 1 and cur.lastrowid is not None:
+                return Incident(id=cur.lastrowid, host=host, job=job, alertname=alertname,
+                                starts_at=starts_at, starts_ts=starts_ts,
+                                fingerprint=fingerprint, state="queued", outcome=None,
+                                reason=None, created=now, updated=now, deliveries=1,
+                                evidence=None), True, False
+        with self._tx() as db:
+            row = db.execute("SELECT last_process_start FROM jobs WHERE job=?",
+                             (job,)).fetchone()
+            launched: float | None = row["last_process_start"] if row is not None else None
+            stale = launched is not None and starts_ts < launched
+            cur = db.execute(
+                "INSERT OR IGNORE INTO incidents (host, job, alertname, starts_at, starts_ts, "
+                "fingerprint, state, reason, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (*key, starts_ts, fingerprint, "skipped" if stale else "queued",
+                 stale_reason(launched) if launched is not None and stale else None,
+                 now, now))
+            created = cur.rowcount == 1
+            if not created:
+                db.execute("UPDATE incidents SET deliveries = deliveries + 1 WHERE host=? AND "
+                           "job=? AND alertname=? AND starts_at=?", key)
+            inc = db.execute("SELECT * FROM incidents WHERE host=? AND job=? AND alertname=? "
+                             "AND starts_at=?", key).fetchone()
+            if created and stale:
+                db.execute("INSERT INTO actions (incident_id, job, ts, action, outcome, "
+                           "detail) VALUES (?,?,?,?,?,?)",
+                           (inc["id"], job, now, "skip", "skipped", "stale alert"))
+        return _incident(inc), created, stale
 
     def get_incident(self, incident_id: int) -> Incident | None:
         rows = self._read("SELECT * FROM incidents WHERE id=?", (incident_id,))

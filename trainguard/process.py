@@ -38,18 +38,22 @@ still stopped; a process first seen after its root already died belongs to the j
 if it is a root itself, which every sd-scripts, diffusers and Trainer process is (they
 all pass ``--output_dir``).
 
-Cost, per scrape: one listing of ``/proc``; ``stat``/``cmdline`` only for pids not seen
+Cost, per scrape: one listing of ``/proc``, compared with the last one as a set (C
+speed: a known process costs nothing more); ``stat``/``cmdline`` only for pids not seen
 before (identity = pid + start time), for pids the kernel may have handed out again since
 the last pass (it allocates pids cyclically; ``/proc/loadavg`` names the last one and
-``/proc/stat`` counts forks, so the range that can hold new processes is known), for
-processes started in the last :data:`YOUNG_SECONDS` (a shell may still ``exec`` into the
-trainer) and for the jobs' own processes (their state and parent change).  A verdict is
-computed once per process.  ``cwd`` (a readlink) is read only for shells running a
-script and for training commands.
+``/proc/stat`` counts forks, so the range that can hold new processes is known, and is
+walked when it is shorter than the listing), for processes started in the last
+:data:`YOUNG_SECONDS` (a shell may still ``exec`` into the trainer) and for the jobs' own
+processes (their state and parent change).  A verdict is computed once per process.
+``cwd`` (a readlink) is read only for shells running a script and for training commands.
+At ~1,100 host processes a pass costs about a millisecond, most of it the listing
+(bench/bench_ownership.py, bench/bench_peers.py).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -275,7 +279,7 @@ _STATES = {"R": psutil.STATUS_RUNNING, "S": psutil.STATUS_SLEEPING,
            "W": psutil.STATUS_WAKING, "K": "wake-kill", "P": psutil.STATUS_PARKED}
 
 
-def _read_stat(pid: int) -> tuple[int, str, int, str] | None:
+def _read_stat(pid: int | str) -> tuple[int, str, int, str] | None:
     """(ppid, state letter, start time in clock ticks, comm) from /proc/PID/stat."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -290,7 +294,7 @@ def _read_stat(pid: int) -> tuple[int, str, int, str] | None:
     return int(fields[1]), fields[0].decode(), int(fields[19]), comm
 
 
-def _read_cmdline(pid: int) -> tuple[str, ...] | None:
+def _read_cmdline(pid: int | str) -> tuple[str, ...] | None:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             data = f.read()
@@ -301,7 +305,7 @@ def _read_cmdline(pid: int) -> tuple[str, ...] | None:
     return tuple(a.decode("utf-8", "surrogateescape") for a in data.rstrip(b"\0").split(b"\0"))
 
 
-def _cwd_of(pid: int) -> str | None:
+def _cwd_of(pid: int | str) -> str | None:
     try:
         return os.readlink(f"/proc/{pid}/cwd")
     except OSError:
@@ -358,6 +362,21 @@ class _PidClock:
             return False
         return a < pid <= b if a < b else (pid > a or pid <= b)
 
+    def among(self, present: set[str]) -> set[str]:
+        """The names in ``present`` (a /proc listing) whose pid :meth:`may_be_new`.
+
+        Walks the range of new pids when it is the shorter (the forks since the last pass,
+        usually a handful), else the listing."""
+        if self.wrapped or self.before is None or self.last is None:
+            return {n for n in present if n.isdigit()}
+        a, b = self.before, self.last
+        span = b - a if a <= b else self.pid_max - a + b
+        if span > len(present):
+            return {n for n in present if n.isdigit() and self.may_be_new(int(n))}
+        pids = range(a + 1, b + 1) if a <= b else \
+            itertools.chain(range(a + 1, self.pid_max + 1), range(1, b + 1))
+        return {name for pid in pids if (name := str(pid)) in present}
+
 
 class ProcessMatcher:
     """Finds the processes of every configured job; build once, call :meth:`match` often.
@@ -369,7 +388,11 @@ class ProcessMatcher:
         self._rules = [_rule(j) for j in jobs]
         self._names = [j.name for j in jobs]
         self._exclude = set(exclude_pids)
-        self._table: dict[int, _Entry] = {}
+        # Keyed by the /proc entry's name (the pid as text): a pass compares listings as
+        # sets of names without converting a thousand of them to numbers.
+        self._table: dict[str, _Entry] = {}
+        # Re-read on every pass: the jobs' own processes and young ones (see the module doc).
+        self._watch: set[str] = set()
         self._clock = _PidClock()
         self._lock = threading.Lock()
         self._boot = psutil.boot_time()
@@ -391,79 +414,78 @@ class ProcessMatcher:
     # ------------------------------------------------------------------ the table
 
     def _refresh(self) -> None:
-        exclude = self._exclude | {os.getpid()}
         self._clock.advance()
         now = time.time()
-        table = self._table
-        present: set[int] = set()
-        fresh: list[int] = []
-        reads = 0
-        for name in os.listdir(_PROC):
-            if not name.isdigit():
-                continue
-            pid = int(name)
-            if pid in exclude:
-                continue
-            present.add(pid)
-            entry = table.get(pid)
-            if entry is not None and entry.member is None and entry.decided \
-                    and now - entry.started > YOUNG_SECONDS \
-                    and not self._clock.may_be_new(pid):
-                continue  # a known bystander: nothing about it can have changed for us
-            reads += 1
-            stat = _read_stat(pid)
+        table, watch = self._table, self._watch
+        present = set(os.listdir(_PROC))
+        present.difference_update(str(p) for p in self._exclude | {os.getpid()})
+        for name in table.keys() - present:
+            del table[name]
+        watch.intersection_update(present)
+        todo = {n for n in present - table.keys() if n.isdigit()}  # never seen
+        todo |= watch
+        todo |= self._clock.among(present)  # a known pid the kernel may have reused
+        fresh: list[str] = []
+        for name in todo:
+            entry = table.get(name)
+            stat = _read_stat(name)
             if stat is None:
-                present.discard(pid)
+                table.pop(name, None)  # gone since the listing
                 continue
             ppid, state, ticks, comm = stat
             if entry is not None and entry.ticks == ticks and entry.comm == comm:
                 entry.ppid, entry.state = ppid, state  # same process: state may change
                 continue
-            cmdline = _read_cmdline(pid)
+            cmdline = _read_cmdline(name)
             if cmdline is None:
-                present.discard(pid)
+                table.pop(name, None)
                 continue
             if entry is not None and entry.ticks == ticks:
                 # exec() under the same pid: a new command line, same membership so far
-                member = entry.member
-                table[pid] = _Entry(ticks, comm, ppid, state, cmdline, entry.started,
-                                    member=member)
+                table[name] = _Entry(ticks, comm, ppid, state, cmdline, entry.started,
+                                     member=entry.member)
             else:
-                table[pid] = _Entry(ticks, comm, ppid, state, cmdline,
-                                    self._boot + ticks / _CLK_TCK)
-            fresh.append(pid)
-        for pid in [p for p in table if p not in present]:
-            del table[pid]
-        for pid in fresh:
-            self._judge_roots(pid, table[pid])
-        for pid in fresh:
-            self._decide(pid, set())
-        self.reads = reads
+                table[name] = _Entry(ticks, comm, ppid, state, cmdline,
+                                     self._boot + ticks / _CLK_TCK)
+            fresh.append(name)
+        for name in fresh:
+            self._judge_roots(name, table[name])
+        for name in fresh:
+            self._decide(name, set())
+        young = now - YOUNG_SECONDS
+        for name in todo:
+            entry = table.get(name)
+            if entry is not None and (entry.member is not None or entry.started >= young):
+                watch.add(name)
+            else:
+                watch.discard(name)  # a known bystander: nothing about it can change for us
+        self.reads = len(todo)
 
-    def _judge_roots(self, pid: int, entry: _Entry) -> None:
+    def _judge_roots(self, name: str, entry: _Entry) -> None:
         if not entry.cmdline or not _candidate(entry.cmdline):
             entry.roots = ()
             return
-        found = _roots_of(self._rules, entry.cmdline, _cwd_of(pid))
+        found = _roots_of(self._rules, entry.cmdline, _cwd_of(name))
         found.sort(key=lambda r: -r.depth)
         entry.roots = tuple(r.name for r in found)
         if found:
             entry.member = found[0].name
             entry.decided = True
 
-    def _decide(self, pid: int, seen: set[int]) -> str | None:
-        """The job ``pid`` belongs to: its own root verdict, else its parent's job."""
-        entry = self._table.get(pid)
+    def _decide(self, name: str, seen: set[str]) -> str | None:
+        """The job ``name``'s process belongs to: its own root verdict, else its parent's."""
+        entry = self._table.get(name)
         if entry is None:
             return None
-        if entry.decided or pid in seen:
+        if entry.decided or name in seen:
             return entry.member
-        seen.add(pid)
-        parent = self._table.get(entry.ppid)
+        seen.add(name)
+        ppid = str(entry.ppid)
+        parent = self._table.get(ppid)
         inherited = None
         # A child is born after its parent; a younger "parent" means a recycled ppid.
         if parent is not None and parent.ticks <= entry.ticks:
-            inherited = self._decide(entry.ppid, seen)
+            inherited = self._decide(ppid, seen)
         if inherited is not None:
             entry.member = inherited
         entry.decided = True
@@ -471,11 +493,12 @@ class ProcessMatcher:
 
     def _result(self) -> dict[str, list[JobProcess]]:
         out: dict[str, list[JobProcess]] = {n: [] for n in self._names}
-        for pid, e in self._table.items():
+        for name in self._watch:  # every member is watched
+            e = self._table[name]
             if e.member is None or e.member not in out:
                 continue
             out[e.member].append(JobProcess(
-                pid, e.ppid, self._boot + e.ticks / _CLK_TCK, e.cmdline,
+                int(name), e.ppid, self._boot + e.ticks / _CLK_TCK, e.cmdline,
                 _STATES.get(e.state, "unknown"), root=bool(e.roots) and e.roots[0] == e.member))
         for procs in out.values():
             procs.sort(key=lambda p: (not p.root, p.create_time, p.pid))

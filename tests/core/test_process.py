@@ -264,6 +264,23 @@ def test_pid_clock_knows_which_pids_can_be_new(before: int, last: int, pid: int,
     assert clock.may_be_new(pid) is new
 
 
+@pytest.mark.parametrize(("before", "last", "expected"), [
+    (100, 100, set()), (100, 120, {"110", "120"}), (32740, 60, {"32750", "50"}),
+    (32700, 400, {"32750", "350", "50", "110", "120", "130"}),
+    (100, 30000, {"110", "120", "130", "350", "5000", *(str(p) for p in range(1000, 1100))})])
+def test_pid_clock_finds_the_pids_that_can_be_new_in_a_listing(
+        before: int, last: int, expected: set[str]) -> None:
+    """Short ranges are walked, long ones filter the listing: the same answer."""
+    clock = _PidClock()
+    clock.before, clock.last, clock.wrapped, clock.pid_max = before, last, False, 32768
+    listing = {"50", "110", "120", "130", "350", "5000", "32750", "self", "net",
+               *(str(p) for p in range(1000, 1100))}
+    assert clock.among(listing) == expected
+    assert expected == {n for n in listing if n.isdigit() and clock.may_be_new(int(n))}
+    clock.wrapped = True  # more forks than pids since the last pass: every pid may be new
+    assert clock.among(listing) == listing - {"self", "net"}
+
+
 @pytest.mark.parametrize(("argv", "script"), [
     (["bash", "train.sh"], "train.sh"), (["/bin/sh", "-x", "t.sh", "a"], "t.sh"),
     (["bash", "-o", "pipefail", "t.sh"], "t.sh"), (["bash", "-c", "echo", "t.sh"], None),

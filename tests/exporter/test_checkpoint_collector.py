@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from exporter_testlib import metrics_of, value
-from helpers.common import TINY_TRAIN
+from exporter_testlib import Samples, metrics_of, value
+from helpers.common import TINY_TRAIN, wait_for
 
 from exporter.collectors.base import CollectorSet
 from exporter.collectors.checkpoint import CheckpointCollector
+from trainguard.checkpoint import CheckpointScanner
 from trainguard.config import JobConfig
 
 
@@ -77,6 +78,52 @@ def test_latest_counts_writing_and_throttle(real_states: Path, tmp_path: Path) -
     assert value(m, "trainguard_checkpoint_latest_step", training_job="a") == 4
 
 
+def test_a_long_scan_goes_on_in_the_background_and_metrics_answer_meanwhile(
+        real_states: Path, tmp_path: Path) -> None:
+    """A scan that does not fit a scrape's inspection budget (here: none at all) finishes
+    in the background; meanwhile the scrape answers at once with the scan in progress,
+    zeros for a job never scanned, and the collector still working.  Later scrapes show
+    the last finished scan (with no budget at all, every scan is a background one)."""
+    out = tmp_path / "out"
+    shutil.copytree(real_states, out)
+    jobs = [JobConfig(name="big", output_dir=out)]
+    collector = CheckpointCollector(jobs, rescan_seconds=0.0, inline_seconds=0.0)
+    cs = CollectorSet([collector], lambda: {})
+    m = metrics_of(cs)
+    assert value(m, "trainguard_checkpoint_scan_in_progress", training_job="big") == 1
+    assert value(m, "trainguard_checkpoints", training_job="big", status="valid") == 0
+    assert value(m, "trainguard_checkpoint_latest_step", training_job="big") == 0
+    assert value(m, "trainguard_collector_success", collector="checkpoint") == 1
+
+    def finished() -> Samples | None:
+        m = metrics_of(cs)
+        return m if value(m, "trainguard_checkpoints", training_job="big",
+                          status="valid") else None
+
+    m = wait_for(finished, timeout=60, what="the background scan")
+    assert value(m, "trainguard_checkpoints", training_job="big", status="valid") == 3
+    assert value(m, "trainguard_checkpoint_latest_step", training_job="big") == 5
+
+
+def test_a_background_scan_that_fails_is_reported_by_the_next_scrape(
+        real_states: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(real_states, out)
+    collector = CheckpointCollector([JobConfig(name="big", output_dir=out)],
+                                    rescan_seconds=0.0, inline_seconds=0.0)
+    cs = CollectorSet([collector], lambda: {})
+
+    def broken(self: object) -> list[object]:
+        raise PermissionError(13, "Permission denied", str(out))
+
+    monkeypatch.setattr(CheckpointScanner, "scan", broken)
+    assert value(metrics_of(cs), "trainguard_collector_success", collector="checkpoint") == 1
+    m = wait_for(lambda: (m := metrics_of(cs)) and value(
+        m, "trainguard_collector_success", collector="checkpoint") == 0 and m,
+        timeout=30, what="the failure reported")
+    assert value(m, "trainguard_collector_success", collector="checkpoint") == 0
+
+
 def test_latest_size_comes_from_the_scanners_stat_pass(real_states: Path, tmp_path: Path
                                                        ) -> None:
     """trainguard_checkpoint_latest_size_bytes: the bytes of the newest usable state, kept
@@ -96,7 +143,7 @@ def test_latest_size_comes_from_the_scanners_stat_pass(real_states: Path, tmp_pa
     assert value(m, "trainguard_checkpoint_latest_size_bytes", training_job="a") == \
         files_of("t-state")
     assert value(m, "trainguard_checkpoint_latest_size_bytes", training_job="none") == 0
-    scanner = collector._scanners["a"]
+    scanner = collector._jobs[0].scanner
     inspected = scanner.inspections
     metrics_of(cs)
     assert scanner.inspections == inspected  # nothing changed, nothing re-inspected

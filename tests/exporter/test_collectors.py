@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 from exporter_testlib import metrics_of, series, value
-from helpers.common import SLEEPER
+from helpers.common import SLEEPER, wait_for
 
 from exporter.collectors.base import CollectorSet
 from exporter.collectors.process import ProcessCollector
@@ -50,6 +50,13 @@ def sleeper(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     p.wait()
 
 
+def exited(p: psutil.Process) -> bool:
+    try:
+        return p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_process_up_count_and_start_time(tmp_path: Path,
                                          sleeper: subprocess.Popen[bytes]) -> None:
     jobs = [job(tmp_path, "a"), job(tmp_path, "b")]
@@ -63,10 +70,14 @@ def test_process_up_count_and_start_time(tmp_path: Path,
     assert value(m, "trainguard_job_process_up", training_job="b") == 0
     assert value(m, "trainguard_job_processes", training_job="b") == 0
     assert value(m, "trainguard_job_process_start_time_seconds", training_job="b") == 0
-    for c in psutil.Process(sleeper.pid).children(recursive=True):
+    children = psutil.Process(sleeper.pid).children(recursive=True)
+    for c in children:
         c.kill()
     sleeper.kill()
     sleeper.wait()
+    # SIGKILL is not instant: a killed child still shows "running" until the kernel has
+    # torn it down (then it is a zombie, or gone once reaped).
+    wait_for(lambda: all(map(exited, children)), timeout=10, what="the killed child to exit")
     m = metrics_of(cs)
     assert value(m, "trainguard_job_process_up", training_job="a") == 0
     assert value(m, "trainguard_collector_success", collector="process") == 1
