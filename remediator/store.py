@@ -95,6 +95,9 @@ CREATE TABLE IF NOT EXISTS actions (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS actions_job ON actions (job, action, outcome);
+-- /api/incidents and the status page read each incident's actions: without this, one
+-- full scan of the audit trail per incident shown.
+CREATE INDEX IF NOT EXISTS actions_incident ON actions (incident_id, id);
 CREATE TABLE IF NOT EXISTS jobs (
     job TEXT PRIMARY KEY,
     gave_up INTEGER NOT NULL DEFAULT 0,

@@ -80,3 +80,23 @@ def test_parse_version() -> None:
     assert parse_version("1.1.0.dev0") == (1, 1, 0)
     assert parse_version("2.0") == (2, 0, 0)
     assert parse_version(None) is None and parse_version("abc") is None
+
+
+def test_an_interpreter_asked_again_within_a_minute_is_not_started_again(
+        tmp_path: Path) -> None:
+    """A burst of incidents asks the run's python once, not once per incident; a changed
+    interpreter file is asked again (a real executable that counts its own starts)."""
+    starts = tmp_path / "starts"
+    python = tmp_path / "python"
+    python.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                      f"open({str(starts)!r}, 'a').write('x')\n"
+                      "print(json.dumps({'torch': '2.6.0', 'accelerate': '1.1.0', "
+                      "'numpy': '2.1.0'}))\n")
+    python.chmod(0o755)
+    first = Environment.of_python(str(python))
+    assert Environment.of_python(str(python)) == first == Environment(
+        torch="2.6.0", accelerate="1.1.0", numpy="2.1.0")
+    assert starts.read_text() == "x"
+    python.write_text(python.read_text().replace("2.6.0", "2.7.1"))  # a new file version
+    assert Environment.of_python(str(python)).torch == "2.7.1"
+    assert starts.read_text() == "xx"

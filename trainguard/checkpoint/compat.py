@@ -38,8 +38,11 @@ The matrix, and what backs each boundary:
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -68,6 +71,11 @@ def parse_version(text: str | None) -> tuple[int, int, int] | None:
     return int(m[1]), int(m[2] or 0), int(m[3] or 0)
 
 
+VERSIONS_TTL_SECONDS = 60.0
+_VERSIONS: dict[tuple[str, int, int], tuple[Environment, float]] = {}
+_VERSIONS_LOCK = threading.Lock()
+
+
 @dataclass(frozen=True)
 class Environment:
     """Versions of the interpreter that will resume (None: not installed / unknown)."""
@@ -88,7 +96,32 @@ class Environment:
 
     @classmethod
     def of_python(cls, executable: str, timeout: float = 60.0) -> Environment:
-        """Another interpreter's versions; ValueError with a readable reason on failure."""
+        """Another interpreter's versions; ValueError with a readable reason on failure.
+
+        Asked again within :data:`VERSIONS_TTL_SECONDS` for the same interpreter file, the
+        answer is the one it gave: starting it costs ~50 ms of CPU (more with a big
+        site-packages), and a burst of alerts would start it once per incident on the
+        cores the webhook needs (bench/bench_webhook.py).  A pip install in that minute is
+        seen at the next ask after it.
+        """
+        try:
+            st = os.stat(executable)
+            key = (os.path.realpath(executable), st.st_ino, st.st_mtime_ns)
+        except OSError:
+            key = None
+        now = time.monotonic()
+        with _VERSIONS_LOCK:
+            hit = _VERSIONS.get(key) if key is not None else None
+        if hit is not None and now - hit[1] < VERSIONS_TTL_SECONDS:
+            return hit[0]
+        env = cls._ask(executable, timeout)
+        if key is not None:
+            with _VERSIONS_LOCK:
+                _VERSIONS[key] = (env, now)
+        return env
+
+    @classmethod
+    def _ask(cls, executable: str, timeout: float) -> Environment:
         try:
             proc = subprocess.run([executable, "-I", "-c", _VERSION_SCRIPT], capture_output=True,
                                   text=True, timeout=timeout, check=False)
