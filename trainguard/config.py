@@ -625,8 +625,9 @@ def parse_config(data: Any, file: Path) -> Config:
                   notify=notify, host=host if host is not None else default_host())
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate the config file; every failure is a :class:`ConfigError`."""
+def read_yaml(path: str | Path) -> tuple[Path, Any]:
+    """``(file, data)`` of a YAML file trainguard reads (the config, a fleet file); every
+    failure is a :class:`ConfigError` naming the file, and the line for bad YAML."""
     file = Path(path).expanduser()
     try:
         text = file.read_text(encoding="utf-8")
@@ -637,10 +638,15 @@ def load_config(path: str | Path) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(file, "", f"cannot read: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        return file, yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(file, "", f"{where}{problem}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the config file; every failure is a :class:`ConfigError`."""
+    file, data = read_yaml(path)
     return parse_config(data, file)

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from trainguard.config import HOST_NAME_RE, ConfigError, _join, _Reader
+from trainguard.config import HOST_NAME_RE, _join, _Reader, read_yaml
 
 if TYPE_CHECKING:
     from trainguard.cli import CommandRegistry
@@ -169,22 +169,7 @@ def parse_fleet(data: Any, file: Path) -> Fleet:
 
 def load_fleet(path: str | Path) -> Fleet:
     """Read and validate a fleet file; every failure is a :class:`ConfigError`."""
-    file = Path(path).expanduser()
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(file, "", "no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(file, "", "is a directory, expected a YAML file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(file, "", f"cannot read: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(file, "", f"{where}{getattr(exc, 'problem', None) or 'invalid YAML'}"
-                          ) from None
+    file, data = read_yaml(path)
     return parse_fleet(data, file)
 
 
