@@ -192,6 +192,24 @@ class JobState:
     run_env_at: float | None = None
 
 
+def _upsert(db: sqlite3.Connection, key: tuple[str, str, str, str], starts_ts: float | None,
+            fingerprint: str | None, state: str, reason: str | None,
+            now: float) -> tuple[sqlite3.Row, bool]:
+    """Inside a transaction: create the incident ``key`` = (host, job, alertname,
+    starts_at), or count one more delivery of the one that exists; ``(row, created)``."""
+    cur = db.execute(
+        "INSERT OR IGNORE INTO incidents (host, job, alertname, starts_at, starts_ts, "
+        "fingerprint, state, reason, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        (*key, starts_ts, fingerprint, state, reason, now, now))
+    created = cur.rowcount == 1
+    if not created:
+        db.execute("UPDATE incidents SET deliveries = deliveries + 1 WHERE host=? AND "
+                   "job=? AND alertname=? AND starts_at=?", key)
+    row = db.execute("SELECT * FROM incidents WHERE host=? AND job=? AND alertname=? "
+                     "AND starts_at=?", key).fetchone()
+    return row, created
+
+
 def _incident(row: sqlite3.Row) -> Incident:
     ev = row["evidence"]
     return Incident(
@@ -283,19 +301,9 @@ class Store:
 
         Returns ``(incident, created)``; ``created`` is False for a duplicate delivery.
         """
-        now = time.time()
-        key = (host, job, alertname, starts_at)
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO incidents (host, job, alertname, starts_at, starts_ts, "
-                "fingerprint, state, reason, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (*key, starts_ts, fingerprint, state, reason, now, now))
-            created = cur.rowcount == 1
-            if not created:
-                db.execute("UPDATE incidents SET deliveries = deliveries + 1 WHERE host=? AND "
-                           "job=? AND alertname=? AND starts_at=?", key)
-            row = db.execute("SELECT * FROM incidents WHERE host=? AND job=? AND alertname=? "
-                             "AND starts_at=?", key).fetchone()
+            row, created = _upsert(db, (host, job, alertname, starts_at), starts_ts,
+                                   fingerprint, state, reason, time.time())
         return _incident(row), created
 
     def receive(self, job: str, alertname: str, starts_at: str, starts_ts: float,
@@ -336,18 +344,9 @@ class Store:
                              (job,)).fetchone()
             launched: float | None = row["last_process_start"] if row is not None else None
             stale = launched is not None and starts_ts < launched
-            cur = db.execute(
-                "INSERT OR IGNORE INTO incidents (host, job, alertname, starts_at, starts_ts, "
-                "fingerprint, state, reason, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (*key, starts_ts, fingerprint, "skipped" if stale else "queued",
-                 stale_reason(launched) if launched is not None and stale else None,
-                 now, now))
-            created = cur.rowcount == 1
-            if not created:
-                db.execute("UPDATE incidents SET deliveries = deliveries + 1 WHERE host=? AND "
-                           "job=? AND alertname=? AND starts_at=?", key)
-            inc = db.execute("SELECT * FROM incidents WHERE host=? AND job=? AND alertname=? "
-                             "AND starts_at=?", key).fetchone()
+            inc, created = _upsert(
+                db, key, starts_ts, fingerprint, "skipped" if stale else "queued",
+                stale_reason(launched) if launched is not None and stale else None, now)
             if created and stale:
                 db.execute("INSERT INTO actions (incident_id, job, ts, action, outcome, "
                            "detail) VALUES (?,?,?,?,?,?)",
