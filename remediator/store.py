@@ -11,9 +11,15 @@ startsAt, and the one for another host (recorded ``ignored``) must never pass fo
 duplicate of this host's own.  Rows from before the host was known (schemas 2 and 3) keep
 host ``''``.
 
-WAL mode lets the status page read while a worker writes; one process-wide lock
-serialises writers (sqlite3 connections are not shared between threads here: one
-connection, guarded by the lock, ``check_same_thread=False``).
+WAL mode lets the status page read while a worker writes.  One connection, guarded by
+one process-wide lock (``check_same_thread=False``), serves every method but one: the
+receiver's insert of a new alert runs on the request thread's own connection, and
+SQLite's write lock alone orders it with the rest.  That lock is taken and released
+inside the one statement, in C; a Python lock held across the statement would have to
+be released after winning the interpreter's lock back from the other request threads,
+and under a burst every delivery queued behind that wait (a lock convoy:
+bench/bench_webhook.py, 200 concurrent new deliveries, p99 several times the bare Flask
+floor's, with stalls of up to 700 ms).
 
 Incident states (``state``):
 
@@ -229,6 +235,9 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._local = threading.local()   # each request thread's connection (receive)
+        self._own: list[sqlite3.Connection] = []
+        self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             _private(self.path)
@@ -269,7 +278,26 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._db.close()
+            for db in self._own:
+                db.close()
+            self._own.clear()
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's own connection, for :meth:`receive`'s one-statement path
+        (closed with the store, hence ``check_same_thread=False``)."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            with self._lock:
+                if self._closed:
+                    raise StoreError(f"{self.path}: the state file is closed")
+                db = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None,
+                                     check_same_thread=False)
+                self._own.append(db)
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+        return db
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -313,32 +341,29 @@ class Store:
         stale)``.  The identity is :meth:`open_incident`'s ``(host, job, alertname,
         starts_at)``; staleness is per job (``jobs.last_process_start``).
 
-        A new alert is ONE statement (its own transaction): an INSERT that also checks it
-        did not start before the run trainguard last launched.  Under a burst of
-        deliveries every request holds the store's lock for that one statement, and each
-        statement lets other threads take the interpreter in the middle, so the count
-        matters (bench/bench_webhook.py).  A repeated delivery or a stale alert takes the
-        full transaction: one more delivery counted, or the alert recorded ``skipped``
-        with ``stale_reason(that launch's time)`` and its audit row.
+        A new alert is ONE statement (its own transaction) on this thread's connection
+        (see the module's docstring): an INSERT that also checks it did not start
+        before the run trainguard last launched.  A repeated delivery or a stale alert
+        takes the full transaction: one more delivery counted, or the alert recorded
+        ``skipped`` with ``stale_reason(that launch's time)`` and its audit row.
         """
         now = time.time()
         key = (host, job, alertname, starts_at)
-        with self._lock:
-            try:
-                cur = self._db.execute(
-                    "INSERT OR IGNORE INTO incidents (host, job, alertname, starts_at, "
-                    "starts_ts, fingerprint, state, created, updated) "
-                    "SELECT ?,?,?,?,?,?,'queued',?,? WHERE NOT EXISTS "
-                    "(SELECT 1 FROM jobs WHERE job=? AND last_process_start > ?)",
-                    (*key, starts_ts, fingerprint, now, now, job, starts_ts))
-            except sqlite3.Error as exc:
-                raise StoreError(f"{self.path}: {exc}") from None
-            if cur.rowcount == 1 and cur.lastrowid is not None:
-                return Incident(id=cur.lastrowid, host=host, job=job, alertname=alertname,
-                                starts_at=starts_at, starts_ts=starts_ts,
-                                fingerprint=fingerprint, state="queued", outcome=None,
-                                reason=None, created=now, updated=now, deliveries=1,
-                                evidence=None), True, False
+        try:
+            cur = self._connection().execute(
+                "INSERT OR IGNORE INTO incidents (host, job, alertname, starts_at, "
+                "starts_ts, fingerprint, state, created, updated) "
+                "SELECT ?,?,?,?,?,?,'queued',?,? WHERE NOT EXISTS "
+                "(SELECT 1 FROM jobs WHERE job=? AND last_process_start > ?)",
+                (*key, starts_ts, fingerprint, now, now, job, starts_ts))
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
+        if cur.rowcount == 1 and cur.lastrowid is not None:
+            return Incident(id=cur.lastrowid, host=host, job=job, alertname=alertname,
+                            starts_at=starts_at, starts_ts=starts_ts,
+                            fingerprint=fingerprint, state="queued", outcome=None,
+                            reason=None, created=now, updated=now, deliveries=1,
+                            evidence=None), True, False
         with self._tx() as db:
             row = db.execute("SELECT last_process_start FROM jobs WHERE job=?",
                              (job,)).fetchone()
