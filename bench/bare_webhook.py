@@ -1,8 +1,8 @@
 """The floor for bench/bench_webhook.py: a bare Flask app under waitress that does only
 what any webhook receiver must (the bearer token checked in constant time, the body parsed
 and validated as an Alertmanager payload) and answers 202, with the remediator's own
-waitress options and interpreter switch interval.  No store, no queue, no worker: what
-trainguard's receiver costs beyond this is its own.
+waitress options.  No store, no queue, no worker: what trainguard's receiver costs beyond
+this is its own.
 
     .venv/bin/python bench/bare_webhook.py --token-file FILE --port PORT
 """
@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import hmac
 import json
-import sys
 from pathlib import Path
 
 import waitress
 from flask import Flask, Response, jsonify, request
 
 from remediator.app import PayloadError, parse_payload
-from remediator.cli import SERVER_OPTIONS, SWITCH_INTERVAL
+from remediator.cli import SERVER_OPTIONS
 
 
 def create(token: str) -> Flask:
@@ -58,7 +57,6 @@ def main() -> None:
     ap.add_argument("--token-file", type=Path, required=True)
     ap.add_argument("--port", type=int, required=True)
     args = ap.parse_args()
-    sys.setswitchinterval(SWITCH_INTERVAL)  # as the remediator's, for parity
     app = create(args.token_file.read_text(encoding="utf-8").strip())
     waitress.serve(app, host="127.0.0.1", port=args.port, **SERVER_OPTIONS)
 

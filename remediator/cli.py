@@ -47,14 +47,6 @@ SERVER_OPTIONS: dict[str, Any] = {"threads": 8, "ident": "trainguard-remediator"
                                   "connection_limit": 100,
                                   "max_request_header_size": 64 * 1024}
 
-# The interpreter hands its lock from one thread to another every SWITCH_INTERVAL seconds
-# (Python's default: 5 ms).  Each delivery holds the store's lock while SQLite runs with
-# the interpreter's lock released; getting that back behind the other request threads
-# costs up to one interval, with the store's lock still held, so a burst queues one
-# interval per delivery (a lock convoy).  bench/bench_webhook.py, 200 concurrent new
-# deliveries, p99 against the bare Flask floor: 5 ms 5.5-9x, 1 ms 1.3x.
-SWITCH_INTERVAL = 0.001
-
 
 class _Stop(SystemExit):
     """Raised by the SIGTERM handler; a SystemExit so waitress's loop lets it through."""
@@ -129,7 +121,6 @@ def _serve(args: argparse.Namespace) -> int:
             raise UsageError(f"--listen: {exc}") from None
     import waitress
 
-    sys.setswitchinterval(SWITCH_INTERVAL)
     from .app import TokenError, create_app
     from .store import StoreError
 
