@@ -36,17 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_peers import Load
 from helpers.checkpoints import make_accelerate_checkpoint, make_sparse_safetensors
 from helpers.common import free_port, wait_for
+from timing import median_ms
 
 from trainguard.checkpoint import CheckpointScanner, inspect_checkpoint
-
-
-def median_ms(fn: object, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()  # type: ignore[operator]
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
 
 
 def inspect_sizes(root: Path) -> None:

@@ -11,11 +11,11 @@ assertions).
 
 from __future__ import annotations
 
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timing import median_ms
 
 from remediator.failures import TAIL_BYTES, classify, classify_log
 from trainguard.config import JobConfig
@@ -23,15 +23,6 @@ from trainguard.config import JobConfig
 TRACEBACK = ("Traceback (most recent call last):\n  File \"train.py\", line 1, in <module>\n"
              "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.\n")
 BAR = "\rsteps:  45%|████▌     | {n}/360 [00:10<00:12, 1.20it/s, avr_loss=0.11]"
-
-
-def median_ms(fn: object, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()  # type: ignore[operator]
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
 
 
 def main() -> None:
