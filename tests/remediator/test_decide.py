@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.decide_facts import ALERT, NOW, base_facts
 
 from remediator.decide import (
     Act,
@@ -27,8 +28,6 @@ from remediator.decide import (
 from remediator.prepare import Prepared, Refusal
 from trainguard.process import JobProcess
 
-NOW = 1_700_000_000.0
-ALERT = NOW - 120.0  # the alert started two minutes ago
 PLAN = Prepared(checkpoint=None, flags=None, argv=("bash", "/r/train.sh"), copy=None,
                 copy_bytes=None, copy_mode=0, env={}, env_source="test", python=None,
                 workdir=Path("/r"), log_file=Path("/r/train.log"))
@@ -37,13 +36,7 @@ HUNG = JobProcess(pid=4242, ppid=1, create_time=NOW - 3600, cmdline=("bash", "tr
 
 
 def facts(**changes: object) -> Facts:
-    base = Facts(now=NOW, job="lora", incident_state="queued", alert_started=ALERT,
-                 paused=False, paused_reason=None, gave_up=False, gave_up_reason=None,
-                 last_process_start=None, launches=(), processes=(HUNG,), completed=False,
-                 writing=False, saving_since=None, resume=PLAN,
-                 budget=Budget(max_restarts=3, window_seconds=6 * 3600, backoff_seconds=60,
-                               saving_wait_seconds=900))
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    return base_facts(PLAN, HUNG, **changes)
 
 
 def timed(f: Facts) -> object:

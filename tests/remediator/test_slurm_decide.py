@@ -13,9 +13,10 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from helpers.decide_facts import NOW, base_facts
 
 from remediator import slurm as sl
-from remediator.decide import Act, Budget, Facts, Refuse, Skip, Wait, decide
+from remediator.decide import Act, Facts, Refuse, Skip, Wait, decide
 from remediator.execute import DryRunExecutor, slurm_executor_for
 from remediator.prepare import Candidate, Prepared
 from trainguard.checkpoint import CheckpointInfo, Status
@@ -23,8 +24,7 @@ from trainguard.config import JobConfig, LaunchConfig, RemediatorConfig, SlurmCo
 from trainguard.ledger import ResumeLedger
 from trainguard.process import JobProcess
 
-# The same base facts as tests/remediator/test_decide.py.
-NOW = 1_700_000_000.0
+# The base facts of tests/helpers/decide_facts.py, with a Slurm batch script and trainer.
 PLAN = Prepared(checkpoint=None, flags=None, argv=("bash", "/r/train.sbatch"), copy=None,
                 copy_bytes=None, copy_mode=0, env={}, env_source="test", python=None,
                 workdir=Path("/r"), log_file=Path("/r/train.log"))
@@ -34,13 +34,7 @@ HUNG = JobProcess(pid=4242, ppid=1, create_time=NOW - 3600,
 
 
 def facts(**changes: object) -> Facts:
-    base = Facts(now=NOW, job="lora", incident_state="queued", alert_started=NOW - 120,
-                 paused=False, paused_reason=None, gave_up=False, gave_up_reason=None,
-                 last_process_start=None, launches=(), processes=(HUNG,), completed=False,
-                 writing=False, saving_since=None, resume=PLAN,
-                 budget=Budget(max_restarts=3, window_seconds=6 * 3600, backoff_seconds=60,
-                               saving_wait_seconds=900))
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    return base_facts(PLAN, HUNG, **changes)
 
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "slurm"
