@@ -304,7 +304,7 @@ class Remediator:
         and the request threads need the interpreter's lock to answer Alertmanager: a
         worker that runs while a burst is arriving slows every reply, and a slower burst
         leaves it more room (200 concurrent new deliveries, bench/bench_webhook.py: p99
-        2-8x the bare Flask floor's with the worker running, 1.3-1.5x with it waiting).
+        ~1.9x the bare Flask floor's with the worker running, ~1.3x with it waiting).
         So before each incident the worker waits until no new incident has arrived for
         :data:`SETTLE_QUIET` seconds, at most :data:`SETTLE_MAX`: an incident is
         handled at most a second later, and a job's worker still takes one a second
