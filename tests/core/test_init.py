@@ -18,7 +18,7 @@ from trainguard.config import load_config
 from trainguard.init import register
 from trainguard.progress import output_name
 
-FLUXGYM = Path("/work/shared/fixtures/fluxgym")
+FLUXGYM = REPO / "tests" / "fixtures" / "fluxgym"  # a copy of shared/fixtures/fluxgym
 DEPLOY = REPO / "deploy"
 
 

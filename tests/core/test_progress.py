@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers.common import PYTHON, TINY_TRAIN, wait_for
+from helpers.common import PYTHON, REPO, TINY_TRAIN, wait_for
 
 from trainguard.config import JobConfig, parse_config
 from trainguard.progress import (
@@ -20,7 +20,7 @@ from trainguard.progress import (
     output_name,
 )
 
-FLUXGYM = Path("/work/shared/fixtures/fluxgym")
+FLUXGYM = REPO / "tests" / "fixtures" / "fluxgym"  # a copy of shared/fixtures/fluxgym
 
 
 def bar(n: int, total: int, desc: str = "steps", post: str = "avr_loss=0.1") -> str:
